@@ -1,0 +1,385 @@
+// In-process communicator: N workers as threads of one process.
+//
+// A group owns one progress thread. A collective completes when every rank
+// has posted its part; the progress thread then reduces in rank order (sums
+// in double), so the result does not depend on thread timing, and writes
+// every rank's receive buffer while the workers go on computing.
+//
+// Failure handling: a mismatch in sizes or types between ranks fails the
+// collective on every rank with a message naming both sides; a wait that
+// exceeds the group's timeout fails it too (naming the ranks that never
+// joined) and aborts the group, so that no other rank hangs; abort() lets a
+// dying worker release the others at once (run_workers does that for you).
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "../core/error.hpp"
+#include "../core/precision.hpp"
+
+namespace dasgd::comm {
+
+struct inproc_options {
+  /// Longest a wait may block before the collective fails with timeout_error.
+  std::chrono::milliseconds timeout{std::chrono::seconds(120)};
+  /// Emulated network: a collective of B bytes per rank completes no earlier
+  /// than latency + B / bandwidth after its last rank joined (0: no emulation).
+  std::chrono::microseconds simulated_latency{0};
+  double simulated_bandwidth_bytes_per_second = 0.0;
+};
+
+namespace detail {
+
+struct inproc_part {
+  const void* send = nullptr;
+  void* recv = nullptr;
+  std::size_t count = 0;
+  std::uint32_t type = 0;
+  const char* type_name = "";
+  std::uint64_t value = 0;
+};
+
+struct inproc_op {
+  enum class kind { average, gather };
+  enum class status { pending, done, failed };
+  kind what = kind::average;
+  std::uint64_t seq = 0;
+  int posted = 0;
+  std::vector<inproc_part> parts;
+  std::vector<bool> joined;
+  status state = status::pending;
+  bool reducing = false;  // the progress thread is writing the receive buffers
+  std::string error;
+  std::vector<std::uint64_t> gathered;
+  void (*reduce)(inproc_op&) = nullptr;
+  std::chrono::steady_clock::time_point ready_at{};
+};
+
+template <class T>
+void reduce_average(inproc_op& op) {
+  using acc = double;
+  const std::size_t n = op.parts.size();
+  const std::size_t count = op.parts[0].count;
+  const acc inv = acc(1) / acc(n);
+  for (std::size_t i = 0; i < count; ++i) {
+    acc s = 0;
+    for (std::size_t r = 0; r < n; ++r)
+      s += to_compute<acc>(static_cast<const T*>(op.parts[r].send)[i]);
+    const T v = to_storage<T>(s * inv);
+    for (std::size_t r = 0; r < n; ++r) static_cast<T*>(op.parts[r].recv)[i] = v;
+  }
+}
+
+class inproc_state {
+ public:
+  inproc_state(int n, inproc_options o)
+      : n_(n), options_(o), next_seq_(static_cast<std::size_t>(n), 0) {
+    worker_ = std::thread([this] { progress_loop(); });
+  }
+  ~inproc_state() {
+    {
+      std::lock_guard lk(m_);
+      stop_ = true;
+    }
+    work_cv_.notify_all();
+    worker_.join();
+  }
+  inproc_state(const inproc_state&) = delete;
+  inproc_state& operator=(const inproc_state&) = delete;
+
+  int size() const { return n_; }
+  const inproc_options& options() const { return options_; }
+
+  std::shared_ptr<inproc_op> post(int rank, inproc_op::kind what, inproc_part part,
+                                  void (*reduce)(inproc_op&)) {
+    std::unique_lock lk(m_);
+    DASGD_REQUIRE(aborted_.empty(), comm_error, "in-process group was aborted: ", aborted_);
+    const std::uint64_t seq = next_seq_[static_cast<std::size_t>(rank)]++;
+    auto& slot = ops_[seq];
+    if (!slot) {
+      slot = std::make_shared<inproc_op>();
+      slot->what = what;
+      slot->seq = seq;
+      slot->parts.resize(static_cast<std::size_t>(n_));
+      slot->joined.assign(static_cast<std::size_t>(n_), false);
+      slot->reduce = reduce;
+    }
+    auto op = slot;
+    op->parts[static_cast<std::size_t>(rank)] = part;
+    op->joined[static_cast<std::size_t>(rank)] = true;
+    if (op->what != what) {
+      fail_locked(*op, ::dasgd::detail::concat("collective #", seq, ": rank ", rank,
+                                      " issued a different operation than the other ranks"));
+    }
+    if (++op->posted == n_) {
+      ops_.erase(seq);
+      if (op->state == inproc_op::status::pending) {
+        check_parts(*op);
+        if (op->state == inproc_op::status::pending) {
+          const auto bytes = static_cast<double>(op->parts[0].count) * element_bytes(*op);
+          op->ready_at = std::chrono::steady_clock::now() + options_.simulated_latency;
+          if (options_.simulated_bandwidth_bytes_per_second > 0.0)
+            op->ready_at += std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                std::chrono::duration<double>(bytes / options_.simulated_bandwidth_bytes_per_second));
+          queue_.push_back(op);
+          work_cv_.notify_all();
+        }
+      }
+    }
+    return op;
+  }
+
+  bool test(const inproc_op& op) {
+    std::lock_guard lk(m_);
+    if (op.reducing) return false;  // even if failed: buffers are still being written
+    return finished(op);
+  }
+
+  void wait(inproc_op& op) {
+    std::unique_lock lk(m_);
+    if (!done_cv_.wait_for(lk, options_.timeout, [&] { return op.state != inproc_op::status::pending; })) {
+      std::string missing;
+      for (std::size_t r = 0; r < op.joined.size(); ++r)
+        if (!op.joined[r]) missing += (missing.empty() ? "" : ", ") + std::to_string(r);
+      const auto ms = options_.timeout.count();
+      const std::string msg =
+          missing.empty()
+              ? ::dasgd::detail::concat("in-process collective #", op.seq, " timed out after ", ms,
+                               " ms while reducing")
+              : ::dasgd::detail::concat("in-process collective #", op.seq, " timed out after ", ms,
+                               " ms: rank(s) ", missing, " never joined");
+      fail_locked(op, msg);
+      abort_locked(msg);
+      done_cv_.wait(lk, [&] { return !op.reducing; });
+      throw timeout_error(msg, __FILE__, __LINE__);
+    }
+    // Never hand the buffers back while the progress thread writes them.
+    done_cv_.wait(lk, [&] { return !op.reducing; });
+    finished(op);  // throws if failed
+  }
+
+  void abort(const std::string& reason) {
+    std::lock_guard lk(m_);
+    abort_locked(reason);
+  }
+
+ private:
+  static double element_bytes(const inproc_op& op) {
+    switch (op.parts[0].type) {
+      case 2: return 8.0;
+      case 3:
+      case 4: return 2.0;
+      default: return 4.0;
+    }
+  }
+
+  bool finished(const inproc_op& op) const {
+    if (op.state == inproc_op::status::failed)
+      throw comm_error(op.error, __FILE__, __LINE__);
+    return op.state == inproc_op::status::done;
+  }
+
+  void check_parts(inproc_op& op) {
+    if (op.what != inproc_op::kind::average) return;
+    const auto& p0 = op.parts[0];
+    for (std::size_t r = 1; r < op.parts.size(); ++r) {
+      const auto& p = op.parts[r];
+      if (p.count != p0.count || p.type != p0.type) {
+        fail_locked(op, ::dasgd::detail::concat("in-process average #", op.seq,
+                                       ": buffer sizes or types differ across ranks: rank 0 sent ",
+                                       p0.count, " ", p0.type_name, " elements, rank ", r,
+                                       " sent ", p.count, " ", p.type_name, " elements"));
+        return;
+      }
+    }
+  }
+
+  void fail_locked(inproc_op& op, const std::string& msg) {
+    if (op.state != inproc_op::status::pending) return;
+    op.state = inproc_op::status::failed;
+    op.error = msg;
+    done_cv_.notify_all();
+  }
+
+  void abort_locked(const std::string& reason) {
+    if (aborted_.empty()) aborted_ = reason.empty() ? "aborted" : reason;
+    for (auto& [seq, op] : ops_) fail_locked(*op, "in-process group was aborted: " + aborted_);
+    for (auto& op : queue_) fail_locked(*op, "in-process group was aborted: " + aborted_);
+    ops_.clear();
+    queue_.clear();
+  }
+
+  void progress_loop() {
+    std::unique_lock lk(m_);
+    for (;;) {
+      work_cv_.wait(lk, [&] { return stop_ || !queue_.empty(); });
+      if (stop_) return;
+      auto op = queue_.front();
+      queue_.pop_front();
+      const auto ready_at = op->ready_at;
+      op->reducing = true;
+      lk.unlock();
+      if (op->what == inproc_op::kind::average) {
+        op->reduce(*op);  // buffers are owned by the posting ranks, which must not touch them now
+      } else {
+        op->gathered.resize(op->parts.size());
+        for (std::size_t r = 0; r < op->parts.size(); ++r) op->gathered[r] = op->parts[r].value;
+      }
+      std::this_thread::sleep_until(ready_at);
+      lk.lock();
+      op->reducing = false;
+      if (op->state == inproc_op::status::pending) op->state = inproc_op::status::done;
+      done_cv_.notify_all();
+    }
+  }
+
+  const int n_;
+  const inproc_options options_;
+  std::mutex m_;
+  std::condition_variable done_cv_;
+  std::condition_variable work_cv_;
+  std::vector<std::uint64_t> next_seq_;
+  std::map<std::uint64_t, std::shared_ptr<inproc_op>> ops_;
+  std::deque<std::shared_ptr<inproc_op>> queue_;
+  std::string aborted_;
+  bool stop_ = false;
+  std::thread worker_;
+};
+
+}  // namespace detail
+
+/// Handle to one non-blocking in-process collective.
+class inproc_request {
+ public:
+  inproc_request(std::shared_ptr<detail::inproc_state> s, std::shared_ptr<detail::inproc_op> op)
+      : state_(std::move(s)), op_(std::move(op)) {}
+  bool test() { return state_->test(*op_); }
+  void wait() { state_->wait(*op_); }
+
+ private:
+  std::shared_ptr<detail::inproc_state> state_;
+  std::shared_ptr<detail::inproc_op> op_;
+};
+
+/// One rank's view of an inproc_group. Use each rank's handle from one
+/// thread at a time; collectives are matched across ranks by issue order.
+class inproc_communicator {
+ public:
+  using request_type = inproc_request;
+  using memory_space = host_space;
+
+  inproc_communicator(std::shared_ptr<detail::inproc_state> s, int rank)
+      : state_(std::move(s)), rank_(rank) {}
+
+  int size() const { return state_->size(); }
+  int rank() const { return rank_; }
+
+  template <storage_type T>
+  inproc_request iallreduce_average(std::span<const T> send, std::span<T> recv) {
+    DASGD_REQUIRE(send.size() == recv.size(), size_mismatch_error,
+                  "iallreduce_average: send has ", send.size(), " elements but recv has ",
+                  recv.size());
+    detail::inproc_part part{send.data(), recv.data(), send.size(), type_id<T>::value,
+                             type_id<T>::name, 0};
+    return {state_, state_->post(rank_, detail::inproc_op::kind::average, part,
+                                 &detail::reduce_average<T>)};
+  }
+
+  std::vector<std::uint64_t> allgather(std::uint64_t value) {
+    detail::inproc_part part;
+    part.value = value;
+    auto op = state_->post(rank_, detail::inproc_op::kind::gather, part, nullptr);
+    state_->wait(*op);
+    return op->gathered;
+  }
+
+  /// Fails every pending and future collective of the group.
+  void abort(const std::string& reason) { state_->abort(reason); }
+
+ private:
+  std::shared_ptr<detail::inproc_state> state_;
+  int rank_;
+};
+
+/// A set of N in-process ranks sharing one progress thread.
+class inproc_group {
+ public:
+  explicit inproc_group(int size, inproc_options options = {}) {
+    DASGD_REQUIRE(size >= 1, config_error, "in-process group size must be >= 1, got ", size);
+    DASGD_REQUIRE(options.timeout.count() > 0, config_error,
+                  "in-process timeout must be positive, got ", options.timeout.count(), " ms");
+    DASGD_REQUIRE(options.simulated_bandwidth_bytes_per_second >= 0.0, config_error,
+                  "simulated bandwidth must be >= 0, got ",
+                  options.simulated_bandwidth_bytes_per_second);
+    state_ = std::make_shared<detail::inproc_state>(size, options);
+  }
+
+  int size() const { return state_->size(); }
+
+  inproc_communicator communicator(int rank) const {
+    DASGD_REQUIRE(rank >= 0 && rank < state_->size(), config_error, "rank ", rank,
+                  " is outside [0, ", state_->size(), ")");
+    return {state_, rank};
+  }
+
+  void abort(const std::string& reason) { state_->abort(reason); }
+
+ private:
+  std::shared_ptr<detail::inproc_state> state_;
+};
+
+/// Runs fn(communicator) on one thread per rank and joins them. If a worker
+/// throws, the group is aborted so that the others fail fast instead of
+/// waiting for a peer that will never come, and the first exception (by
+/// rank) is rethrown here.
+template <class F>
+void run_workers(inproc_group& group, F&& fn) {
+  const int n = group.size();
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(n));
+  std::vector<std::thread> threads;
+  threads.reserve(static_cast<std::size_t>(n));
+  for (int r = 0; r < n; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        fn(group.communicator(r));
+      } catch (const std::exception& e) {
+        errors[static_cast<std::size_t>(r)] = std::current_exception();
+        group.abort(::dasgd::detail::concat("rank ", r, " failed: ", e.what()));
+      } catch (...) {
+        errors[static_cast<std::size_t>(r)] = std::current_exception();
+        group.abort(::dasgd::detail::concat("rank ", r, " failed"));
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  // Prefer the root cause over the aborts it triggered on the other ranks.
+  std::exception_ptr first;
+  for (auto& e : errors) {
+    if (!e) continue;
+    try {
+      std::rethrow_exception(e);
+    } catch (const comm_error&) {
+      if (!first) first = e;
+    } catch (...) {
+      std::rethrow_exception(e);
+    }
+  }
+  if (first) std::rethrow_exception(first);
+}
+
+}  // namespace dasgd::comm

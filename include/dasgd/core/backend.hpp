@@ -1,0 +1,50 @@
+// The update backend concept (Kokkos style: one algorithm, a host and a
+// device implementation). A backend owns no trainer state; it allocates the
+// trainer's arenas in its memory space and runs one fused pass over all
+// parameter tensors per call.
+#pragma once
+
+#include <concepts>
+#include <cstddef>
+
+#include "../kernels/stage.hpp"
+#include "tensor_list.hpp"
+
+namespace dasgd {
+
+/// Arguments of one fused pass. The trainer keeps optimizer state, snapshot
+/// and average in arenas (one contiguous buffer each) that share the layout
+/// `offsets`: tensor i occupies [offsets[i], offsets[i] + extent(i)).
+template <class Storage, class C, class Space>
+struct pass_args {
+  static constexpr int max_state = 2;
+  const tensor_list<Storage, Space>* weights = nullptr;
+  const tensor_list<const Storage, Space>* grads = nullptr;  ///< only for local_step
+  const std::size_t* offsets = nullptr;
+  /// Optional fp32 (compute type) master copy of the weights, arena layout.
+  /// When set it is the source of truth: the pass reads and updates it and
+  /// writes the rounded result to the storage weights.
+  C* master = nullptr;
+  C* state[max_state] = {nullptr, nullptr};
+  Storage* snapshot = nullptr;
+  const Storage* average = nullptr;
+  kernels::merge_coeffs<C> merge{C(1), C(0), C(0)};
+};
+
+/// Which backend serves tensors in a memory space (specialized by backends).
+template <class Space>
+struct default_backend;
+template <class Space>
+using default_backend_t = typename default_backend<Space>::type;
+
+template <class B>
+concept update_backend = std::movable<B> && requires(B& b, std::size_t n, const float* src, float* dst) {
+  typename B::memory_space;
+  typename B::template buffer<float>;
+  { b.template allocate<float>(n) } -> std::same_as<typename B::template buffer<float>>;
+  b.copy_to_host(src, dst, n);
+  b.copy_from_host(src, dst, n);
+  b.fence();
+};
+
+}  // namespace dasgd

@@ -1,0 +1,59 @@
+// The communicator concept (Aluminum style: a backend type with a nested
+// request type, non-blocking collectives and explicit test/wait).
+//
+// iallreduce_average(send, recv) starts an out-of-place average of `send`
+// across all ranks into `recv` and returns at once. The caller must not
+// modify `send` nor read `recv` until the request completes. Collectives
+// must be issued in the same order on every rank.
+#pragma once
+
+#include <concepts>
+#include <cstdint>
+#include <span>
+#include <type_traits>
+#include <vector>
+
+#include "tensor.hpp"
+
+namespace dasgd {
+
+/// A handle to one non-blocking operation.
+///  - test(): never blocks; drives progress where the backend needs it;
+///    true once the result may be consumed. Throws comm_error on failure.
+///  - wait(): returns when the result may be consumed (for device
+///    communicators: when work queued after it on the compute stream will
+///    see it). Throws timeout_error/comm_error instead of hanging.
+template <class R>
+concept request = std::movable<R> && requires(R& r) {
+  { r.test() } -> std::convertible_to<bool>;
+  r.wait();
+};
+
+namespace detail {
+template <class C>
+struct comm_memory_space { using type = host_space; };
+template <class C>
+  requires requires { typename C::memory_space; }
+struct comm_memory_space<C> { using type = typename C::memory_space; };
+}  // namespace detail
+
+/// Where a communicator's buffers must live (host_space unless it says).
+template <class C>
+using comm_memory_space_t = typename detail::comm_memory_space<C>::type;
+
+/// A group of ranks that can average buffers of element type T.
+template <class C, class T = float>
+concept communicator =
+    std::movable<C> &&
+    requires(C& c, const C& cc, std::span<const T> send, std::span<T> recv, std::uint64_t v) {
+      typename C::request_type;
+      requires request<typename C::request_type>;
+      { cc.size() } -> std::convertible_to<int>;
+      { cc.rank() } -> std::convertible_to<int>;
+      { c.iallreduce_average(send, recv) } -> std::same_as<typename C::request_type>;
+      // Blocking gather of one value from every rank, in rank order: used to
+      // check that all ranks agree on parameter shapes before training.
+      { c.allgather(v) } -> std::same_as<std::vector<std::uint64_t>>;
+    };
+
+}  // namespace dasgd

@@ -1,0 +1,49 @@
+// The element math of the fused delayed update, shared by every backend: the
+// host loop and the CUDA kernels call this same function on values already
+// converted to compute precision.
+//
+//   w_local = optimizer(w, g, state)          if local_step
+//   snap    = w_local                          if write_snapshot (done by caller)
+//   w_new   = a * w_local + b * avg + c * snap if merge (c term if merge_snapshot)
+#pragma once
+
+#include "../core/local_optimizer.hpp"
+#include "stage.hpp"
+
+namespace dasgd::kernels {
+
+template <stage S, optimizer_element E, class C = typename E::compute_type>
+DASGD_HOST_DEVICE C fused_element(const E& opt, const merge_coeffs<C>& m, C w, C g, C* state,
+                                  C avg, C snap) {
+  if constexpr (has(S, stage::local_step)) {
+    w = opt.apply(w, g, state);
+  } else {
+    (void)opt;
+    (void)g;
+    (void)state;
+  }
+  if constexpr (has(S, stage::merge)) {
+    C r = m.a * w + m.b * avg;
+    if constexpr (has(S, stage::merge_snapshot)) r = r + m.c * snap;
+    w = r;
+  } else {
+    (void)m;
+    (void)avg;
+  }
+  if constexpr (!has(S, stage::merge_snapshot)) (void)snap;
+  return w;
+}
+
+}  // namespace dasgd::kernels
+
+namespace dasgd::kernels {
+
+/// Element functor for passes without a local step (merge-only, snapshot-only).
+template <class C>
+struct no_step_element {
+  using compute_type = C;
+  static constexpr int state_count = 0;
+  DASGD_HOST_DEVICE C apply(C w, C, C*) const { return w; }
+};
+
+}  // namespace dasgd::kernels

@@ -1,0 +1,26 @@
+// The paper's merge (released DaSGD code): w = p * w + (1 - p) * avg, with
+// p = update_proportion (the authors used p = 0.25).
+#pragma once
+
+#include "../core/merge_rule.hpp"
+#include "../detail/validate.hpp"
+
+namespace dasgd::merge {
+
+struct mix {
+  double update_proportion = 0.25;
+
+  constexpr mix() = default;
+  explicit mix(double p) : update_proportion(p) { validate(); }
+
+  void validate() const {
+    detail::require_in_range(update_proportion, 0.0, 1.0, true, "mix update_proportion p");
+  }
+  merge_coefficients coefficients() const {
+    validate();
+    return {update_proportion, 1.0 - update_proportion, 0.0};
+  }
+  const char* name() const { return "mix"; }
+};
+
+}  // namespace dasgd::merge

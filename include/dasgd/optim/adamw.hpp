@@ -1,0 +1,75 @@
+// AdamW (Loshchilov & Hutter): Adam with decoupled weight decay, with
+// PyTorch's torch.optim.AdamW semantics (amsgrad off):
+//   w  = w * (1 - lr * wd)
+//   m  = b1 * m + (1 - b1) * g
+//   v  = b2 * v + (1 - b2) * g^2
+//   w  = w - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps),  t = k + 1
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "../core/local_optimizer.hpp"
+#include "../core/precision.hpp"
+#include "../detail/validate.hpp"
+
+namespace dasgd::optim {
+
+template <class C>
+struct adamw_element {
+  using compute_type = C;
+  static constexpr int state_count = 2;
+  C beta1;
+  C beta2;
+  C eps;
+  C decay;           // 1 - lr * weight_decay
+  C step_size;       // lr / (1 - beta1^t)
+  C inv_sqrt_bias2;  // 1 / sqrt(1 - beta2^t)
+
+  DASGD_HOST_DEVICE C apply(C w, C g, C* state) const {
+    C m = beta1 * state[0] + (C(1) - beta1) * g;
+    C v = beta2 * state[1] + (C(1) - beta2) * g * g;
+    state[0] = m;
+    state[1] = v;
+    C denom = sqrt_of(v) * inv_sqrt_bias2 + eps;
+    return w * decay - step_size * m / denom;
+  }
+};
+
+struct adamw {
+  static constexpr std::uint32_t kind_id = 2;
+
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 1e-2;
+
+  const char* name() const { return "adamw"; }
+
+  void validate() const {
+    detail::require_positive_finite(lr, "adamw learning rate");
+    detail::require_in_range(beta1, 0.0, 1.0, false, "adamw beta1");
+    detail::require_in_range(beta2, 0.0, 1.0, false, "adamw beta2");
+    detail::require_positive_finite(eps, "adamw eps");
+    detail::require_nonnegative_finite(weight_decay, "adamw weight_decay");
+  }
+
+  std::size_t state_count() const { return 2; }
+  double learning_rate() const { return lr; }
+  void set_learning_rate(double v) {
+    detail::require_positive_finite(v, "adamw learning rate");
+    lr = v;
+  }
+
+  template <class C, class F>
+  void visit_element(std::int64_t local_step, F&& f) const {
+    const double t = static_cast<double>(local_step + 1);
+    const double bias1 = 1.0 - std::pow(beta1, t);
+    const double bias2 = 1.0 - std::pow(beta2, t);
+    f(adamw_element<C>{C(beta1), C(beta2), C(eps), C(1.0 - lr * weight_decay), C(lr / bias1),
+                       C(1.0 / std::sqrt(bias2))});
+  }
+};
+
+}  // namespace dasgd::optim

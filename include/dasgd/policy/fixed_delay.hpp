@@ -1,0 +1,30 @@
+// Fixed schedule: every round has tau local steps and its average is merged
+// `delay` steps after the launch. tau = 1, delay = 0 is synchronous
+// averaging; delay = 0 is classic (blocking) Local SGD.
+#pragma once
+
+#include <cstdint>
+
+#include "../core/delay_policy.hpp"
+#include "../core/error.hpp"
+
+namespace dasgd::policy {
+
+struct fixed_delay {
+  std::int64_t tau = 4;
+  std::int64_t delay = 1;
+
+  fixed_delay(std::int64_t tau_, std::int64_t delay_) : tau(tau_), delay(delay_) { validate(); }
+
+  void validate() const {
+    DASGD_REQUIRE(tau >= 1, config_error, "tau (steps per round) must be >= 1, got ", tau);
+    DASGD_REQUIRE(delay >= 0 && delay < tau, config_error, "delay ", delay,
+                  " is outside [0, tau) = [0, ", tau, ")");
+  }
+  round_plan plan(std::int64_t) const { return {tau, delay, false}; }
+};
+
+/// Synchronous data-parallel averaging: tau = 1, delay = 0.
+inline fixed_delay synchronous() { return {1, 0}; }
+
+}  // namespace dasgd::policy

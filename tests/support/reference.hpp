@@ -1,0 +1,117 @@
+// Test oracle: a deliberately naive double-precision DaSGD simulator and
+// optimizer reference, written from the formulas (PyTorch's SGD/AdamW and
+// DESIGN.md section 1), independent of the library's element functors.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <functional>
+#include <vector>
+
+namespace dasgd::test {
+
+using vec = std::vector<double>;
+
+struct ref_sgd {
+  double lr = 0.01, momentum = 0.0, dampening = 0.0, weight_decay = 0.0;
+  bool nesterov = false;
+};
+struct ref_adamw {
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 1e-2;
+};
+
+/// Optimizer state of one worker: momentum buffer / Adam moments, step count.
+struct ref_state {
+  vec m, v;
+  long t = 0;
+};
+
+inline void ref_step(const ref_sgd& o, vec& w, const vec& g, ref_state& s) {
+  if (s.m.empty()) s.m.assign(w.size(), 0.0);
+  for (std::size_t i = 0; i < w.size(); ++i) {
+    double d = g[i] + o.weight_decay * w[i];
+    if (o.momentum != 0.0) {
+      s.m[i] = s.t == 0 ? d : o.momentum * s.m[i] + (1.0 - o.dampening) * d;
+      d = o.nesterov ? d + o.momentum * s.m[i] : s.m[i];
+    }
+    w[i] -= o.lr * d;
+  }
+  ++s.t;
+}
+
+inline void ref_step(const ref_adamw& o, vec& w, const vec& g, ref_state& s) {
+  if (s.m.empty()) {
+    s.m.assign(w.size(), 0.0);
+    s.v.assign(w.size(), 0.0);
+  }
+  ++s.t;
+  const double bc1 = 1.0 - std::pow(o.beta1, double(s.t));
+  const double bc2 = 1.0 - std::pow(o.beta2, double(s.t));
+  for (std::size_t i = 0; i < w.size(); ++i) {
+    w[i] *= 1.0 - o.lr * o.weight_decay;
+    s.m[i] = o.beta1 * s.m[i] + (1.0 - o.beta1) * g[i];
+    s.v[i] = o.beta2 * s.v[i] + (1.0 - o.beta2) * g[i] * g[i];
+    const double mhat = s.m[i] / bc1, vhat = s.v[i] / bc2;
+    w[i] -= o.lr * mhat / (std::sqrt(vhat) + o.eps);
+  }
+}
+
+struct ref_schedule {
+  int tau = 4;
+  int delay = 1;
+  double a = 0.25, b = 0.75, c = 0.0;  // merge coefficients
+};
+
+/// n workers, `steps` steps of the DESIGN.md timeline. grad(i, k, w) returns
+/// worker i's gradient at step k for its current weights w.
+template <class Opt>
+std::vector<vec> simulate_dasgd(int n, int steps, const ref_schedule& s, const Opt& opt,
+                                std::vector<vec> w,
+                                const std::function<vec(int, int, const vec&)>& grad) {
+  std::vector<ref_state> state(static_cast<std::size_t>(n));
+  std::vector<vec> snap(static_cast<std::size_t>(n));
+  vec avg;
+  bool pending = false;
+  int merge_at = -1;
+  const std::size_t dim = w[0].size();
+  auto merge = [&](int i) {
+    auto& wi = w[static_cast<std::size_t>(i)];
+    for (std::size_t j = 0; j < dim; ++j)
+      wi[j] = s.a * wi[j] + s.b * avg[j] + s.c * snap[static_cast<std::size_t>(i)][j];
+  };
+  for (int k = 0; k < steps; ++k) {
+    std::vector<vec> g(static_cast<std::size_t>(n));
+    for (int i = 0; i < n; ++i) g[static_cast<std::size_t>(i)] = grad(i, k, w[static_cast<std::size_t>(i)]);
+    for (int i = 0; i < n; ++i)
+      ref_step(opt, w[static_cast<std::size_t>(i)], g[static_cast<std::size_t>(i)],
+               state[static_cast<std::size_t>(i)]);
+    if (pending && k == merge_at) {
+      for (int i = 0; i < n; ++i) merge(i);
+      pending = false;
+    }
+    if (k % s.tau == s.tau - 1) {
+      avg.assign(dim, 0.0);
+      for (int i = 0; i < n; ++i) {
+        snap[static_cast<std::size_t>(i)] = w[static_cast<std::size_t>(i)];
+        for (std::size_t j = 0; j < dim; ++j) avg[j] += w[static_cast<std::size_t>(i)][j] / n;
+      }
+      if (s.delay == 0) {
+        for (int i = 0; i < n; ++i) merge(i);
+      } else {
+        pending = true;
+        merge_at = k + s.delay;
+      }
+    }
+  }
+  return w;
+}
+
+/// Largest |a - b| / max(|b|, floor) over all elements.
+inline double max_rel_error(const vec& a, const vec& b, double floor = 1e-3) {
+  double e = 0.0;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    e = std::max(e, std::abs(a[i] - b[i]) / std::max(std::abs(b[i]), floor));
+  return e;
+}
+
+}  // namespace dasgd::test
