@@ -3,6 +3,7 @@
 // DESIGN.md section 1), independent of the library's element functors.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <functional>
@@ -112,6 +113,16 @@ inline double max_rel_error(const vec& a, const vec& b, double floor = 1e-3) {
   for (std::size_t i = 0; i < a.size(); ++i)
     e = std::max(e, std::abs(a[i] - b[i]) / std::max(std::abs(b[i]), floor));
   return e;
+}
+
+/// ||a - b||_2 / ||b||_2.
+inline double norm_rel_error(const vec& a, const vec& b) {
+  double num = 0.0, den = 0.0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    num += (a[i] - b[i]) * (a[i] - b[i]);
+    den += b[i] * b[i];
+  }
+  return std::sqrt(num / den);
 }
 
 }  // namespace dasgd::test

@@ -31,6 +31,7 @@
 
 #include "../core/error.hpp"
 #include "../core/precision.hpp"
+#include "../core/tensor.hpp"
 
 namespace dasgd::comm {
 

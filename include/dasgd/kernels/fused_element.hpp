@@ -4,7 +4,7 @@
 //
 //   w_local = optimizer(w, g, state)          if local_step
 //   snap    = w_local                          if write_snapshot (done by caller)
-//   w_new   = a * w_local + b * avg + c * snap if merge (c term if merge_snapshot)
+//   w_new   = (a * w_local + c * snap) + b * avg   if merge (c term if merge_snapshot)
 #pragma once
 
 #include "../core/local_optimizer.hpp"
@@ -23,9 +23,11 @@ DASGD_HOST_DEVICE C fused_element(const E& opt, const merge_coeffs<C>& m, C w, C
     (void)state;
   }
   if constexpr (has(S, stage::merge)) {
-    C r = m.a * w + m.b * avg;
+    // (a*w + c*snap) first: for the additive rule that is the local progress
+    // since the snapshot, computed without cancellation against avg.
+    C r = m.a * w;
     if constexpr (has(S, stage::merge_snapshot)) r = r + m.c * snap;
-    w = r;
+    w = r + m.b * avg;
   } else {
     (void)m;
     (void)avg;

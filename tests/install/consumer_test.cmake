@@ -1,0 +1,21 @@
+# cmake -P driver: install dasgd (find_package mode), configure, build and
+# run the consumer project. Any failing step fails the test.
+file(REMOVE_RECURSE ${SCRATCH})
+function(run)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "command failed (${rc}): ${ARGN}\n${out}\n${err}")
+  endif()
+  message(STATUS "${out}")
+endfunction()
+
+set(consumer_args -DDASGD_CONSUMER_MODE=${MODE})
+if(MODE STREQUAL "find_package")
+  run(${CMAKE_COMMAND} --install ${DASGD_BUILD_DIR} --prefix ${SCRATCH}/prefix)
+  list(APPEND consumer_args -DCMAKE_PREFIX_PATH=${SCRATCH}/prefix -DDASGD_CONSUMER_MPI=${HAS_MPI})
+else()
+  list(APPEND consumer_args -DDASGD_SOURCE_DIR=${DASGD_SOURCE_DIR})
+endif()
+run(${CMAKE_COMMAND} -S ${CMAKE_CURRENT_LIST_DIR}/consumer -B ${SCRATCH}/build -G ${GENERATOR} ${consumer_args})
+run(${CMAKE_COMMAND} --build ${SCRATCH}/build)
+run(${SCRATCH}/build/consumer)
