@@ -62,11 +62,14 @@ TEST_CASE("a policy that plans a delay the next round cannot hold is rejected") 
   struct bad_policy {
     round_plan plan(std::int64_t r) const { return r == 0 ? round_plan{4, 3} : round_plan{2, 1}; }
   };
-  std::vector<float> w(3, 0.0f), g(3, 0.0f);
+  std::vector<float> w(3, 0.0f), g(3, 1.0f);
   delayed_averager tr(make_tensor_list(w), fake_communicator{}, bad_policy{}, optim::sgd{.lr = 0.1},
                       merge::mix{0.25});
   for (int k = 0; k < 3; ++k) tr.step(g);
+  const auto before = w;
   require_throw<config_error>([&] { tr.step(g); }, {"delay 3", "[0, 2)"});
+  CHECK(w == before);  // the failing step was not applied
+  CHECK(tr.steps_taken() == 3);
 
   struct zero_tau {
     round_plan plan(std::int64_t) const { return {0, 0}; }

@@ -179,6 +179,10 @@ class delayed_averager {
     DASGD_REQUIRE(!(launch && pending_ && !merge_here), state_error, "step ", k_,
                   " must launch an average while the one launched at step ", launch_step_,
                   " (merge due at step ", merge_step_, ") is still in flight");
+    // Plan the next round before touching the weights, so that a bad plan
+    // throws with this step not applied (the caller may fix and retry).
+    round_plan next;
+    if (launch) next = next_plan();
 
     if (merge_here) {
       rep.wait_seconds = await_pending();
@@ -197,7 +201,7 @@ class delayed_averager {
     }
 
     if (launch) {
-      const std::int64_t delay = launch_average();
+      const std::int64_t delay = launch_average(next);
       rep.launched = true;
       if (delay == 0) {
         rep.wait_seconds += await_pending();
@@ -471,12 +475,17 @@ class delayed_averager {
     if constexpr (observing_delay_policy<Policy>) policy_.observe({what, k_, ready});
   }
 
-  /// Launches the average of the snapshot just written; returns its delay.
-  std::int64_t launch_average() {
+  /// The plan of the round after the current one, checked against it.
+  round_plan next_plan() {
     round_plan next = validated(policy_.plan(round_ + 1), round_ + 1);
     DASGD_REQUIRE(plan_.delay < next.tau, config_error, "delay ", plan_.delay, " of round ",
                   round_, " is outside [0, tau) = [0, ", next.tau, ") of round ", round_ + 1,
                   "; at most one average may be in flight");
+    return next;
+  }
+
+  /// Launches the average of the snapshot just written; returns its delay.
+  std::int64_t launch_average(const round_plan& next) {
     backend_.fence();
     guarded([&] { request_.emplace(comm_.iallreduce_average(snapshot_span(), average_span())); });
     pending_ = true;
