@@ -34,6 +34,14 @@ add_library(dasgd::cuda_types ALIAS dasgd_cuda_types)
 set_target_properties(dasgd_cuda_types PROPERTIES EXPORT_NAME cuda_types)
 target_link_libraries(dasgd_cuda_types INTERFACE dasgd CUDA::toolkit)
 target_compile_definitions(dasgd_cuda_types INTERFACE DASGD_ENABLE_CUDA_TYPES=1)
+# CUDA 13 keeps Thrust/CUB/libcu++ under include/cccl, which nvcc adds by
+# itself but a host compiler does not (host code using the Thrust adaptor).
+foreach(_dasgd_inc IN LISTS CUDAToolkit_INCLUDE_DIRS)
+  if(EXISTS ${_dasgd_inc}/cccl/thrust/device_vector.h)
+    target_include_directories(dasgd_cuda_types SYSTEM INTERFACE $<$<COMPILE_LANGUAGE:CXX>:${_dasgd_inc}/cccl>)
+    break()
+  endif()
+endforeach()
 list(APPEND DASGD_EXPORTED_TARGETS dasgd_cuda_types)
 
 include(CheckLanguage)
@@ -57,8 +65,10 @@ add_library(dasgd::cuda ALIAS dasgd_cuda)
 set_target_properties(dasgd_cuda PROPERTIES EXPORT_NAME cuda)
 target_link_libraries(dasgd_cuda INTERFACE dasgd_cuda_types CUDA::cudart)
 target_compile_definitions(dasgd_cuda INTERFACE DASGD_HAS_CUDA=1)
+# Diagnostic 554 is EDG's note that tensor_list<const T>'s constrained-away
+# conversion operator "will not be called"; it is intended, not a problem.
 target_compile_options(dasgd_cuda INTERFACE
-  $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20 --expt-relaxed-constexpr>)
+  $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20 --expt-relaxed-constexpr -diag-suppress=554>)
 list(APPEND DASGD_EXPORTED_TARGETS dasgd_cuda)
 
 find_path(DASGD_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS})

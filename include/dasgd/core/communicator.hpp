@@ -4,7 +4,9 @@
 // iallreduce_average(send, recv) starts an out-of-place average of `send`
 // across all ranks into `recv` and returns at once. The caller must not
 // modify `send` nor read `recv` until the request completes. Collectives
-// must be issued in the same order on every rank.
+// must be issued in the same order on every rank. A communicator whose
+// buffers live on a device must order the collective after the work already
+// queued on the compute stream (the trainer does not synchronize the host).
 #pragma once
 
 #include <concepts>

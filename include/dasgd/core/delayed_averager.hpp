@@ -245,7 +245,6 @@ class delayed_averager {
     if (pending_) merge_now();
     guarded([&] {
       run_pass<kernels::snapshot_only>(nullptr, {});
-      backend_.fence();
       auto req = comm_.iallreduce_average(snapshot_span(), average_span());
       req.wait();
       merge_only(replace_coefficients);
@@ -486,7 +485,8 @@ class delayed_averager {
 
   /// Launches the average of the snapshot just written; returns its delay.
   std::int64_t launch_average(const round_plan& next) {
-    backend_.fence();
+    // No fence: a device communicator orders the collective after the
+    // snapshot pass queued on the compute stream (communicator concept).
     guarded([&] { request_.emplace(comm_.iallreduce_average(snapshot_span(), average_span())); });
     pending_ = true;
     launch_step_ = k_;

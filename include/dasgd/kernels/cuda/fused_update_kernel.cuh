@@ -1,0 +1,295 @@
+// The fused delayed-update kernel (DESIGN.md section 2): one pass over many
+// parameter tensors that applies the local optimizer step, writes the
+// snapshot and merges the average, as selected at compile time by the stage
+// set S. A plain step reads and writes only w, g and the optimizer state.
+//
+// Work decomposition (apex/PyTorch multi_tensor_apply, simplified): a launch
+// covers up to Policy::tuning.max_tensors_per_launch whole tensors; tensor t owns
+// the blocks [first_block[t], first_block[t + 1]), one chunk of
+// Policy::tuning.chunk_elements elements per block. The table travels by value as
+// the kernel parameter, so a launch needs no device-side metadata and no
+// tensor is ever split across launches.
+//
+// Per chunk, a block takes the vector path (16-byte loads and stores of
+// every stream it touches, then a scalar tail) when every pointer it
+// touches is 16-byte aligned at the chunk start, and a scalar path
+// otherwise. Arenas are always aligned; user tensors need not be.
+//
+// Element math: kernels::fused_element, the same function the host backend
+// runs, on values converted to compute precision. The semantics mirror
+// kernels::host::fused_loop exactly (see there).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include "../../core/precision.hpp"
+#include "../fused_element.hpp"
+#include "tuning.hpp"
+
+// Unroll hint for the device pass only: the block code also compiles for the
+// host (emulation test), where the pragma is unknown.
+#if defined(__CUDA_ARCH__)
+#define DASGD_UNROLL _Pragma("unroll")
+#else
+#define DASGD_UNROLL
+#endif
+
+namespace dasgd::kernels::cuda {
+
+/// Everything one launch needs; passed by value as the kernel parameter.
+/// Arena pointers are bases: tensor t's slice starts at arena_offset[t].
+template <class Storage, class C, class E, int MaxTensors>
+struct fused_update_params {
+  E element;
+  merge_coeffs<C> merge{C(1), C(0), C(0)};
+  C* master = nullptr;
+  C* state0 = nullptr;
+  C* state1 = nullptr;
+  Storage* snapshot = nullptr;
+  const Storage* average = nullptr;
+  int tensor_count = 0;
+  std::uint32_t first_block[MaxTensors] = {};
+  Storage* weights[MaxTensors] = {};
+  const Storage* grads[MaxTensors] = {};
+  std::uint64_t arena_offset[MaxTensors] = {};
+  std::uint64_t extent[MaxTensors] = {};
+};
+
+/// Which streams a pass touches, from the stage set, the optimizer's state
+/// count and whether a master copy is the source of truth.
+template <stage S, bool UseMaster, int StateCount>
+struct stream_use {
+  static constexpr bool step = has(S, stage::local_step);
+  static constexpr bool merge = has(S, stage::merge);
+  static constexpr bool writes_w = step || merge;
+  static constexpr bool reads_w = !UseMaster;
+  static constexpr bool touches_w = reads_w || writes_w;
+  static constexpr bool reads_g = step;
+  static constexpr int states = step ? StateCount : 0;
+  static constexpr bool reads_avg = merge;
+  static constexpr bool reads_snap = has(S, stage::merge_snapshot);
+  static constexpr bool writes_snap = has(S, stage::write_snapshot);
+  static constexpr bool touches_snap = reads_snap || writes_snap;
+};
+
+namespace detail {
+
+/// V elements of T moved as one (16-byte aligned when that large) access.
+template <class T, int V>
+struct alignas(sizeof(T) * V >= 16 ? 16 : sizeof(T) * V) packed {
+  T v[V];
+};
+
+template <class C, class T, int V>
+DASGD_HOST_DEVICE void load_vector(const T* p, C (&out)[V]) {
+  const packed<T, V> x = *reinterpret_cast<const packed<T, V>*>(p);
+DASGD_UNROLL
+  for (int k = 0; k < V; ++k) out[k] = to_compute<C>(x.v[k]);
+}
+
+/// Stores V values of the stream's own type (no conversion).
+template <class T, int V>
+DASGD_HOST_DEVICE void store_vector(T* p, const T (&in)[V]) {
+  packed<T, V> x;
+DASGD_UNROLL
+  for (int k = 0; k < V; ++k) x.v[k] = in[k];
+  *reinterpret_cast<packed<T, V>*>(p) = x;
+}
+
+DASGD_HOST_DEVICE bool aligned16(const void* p) {
+  return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0;
+}
+
+/// One chunk's streams, already advanced to the chunk start. Pointers of
+/// streams the pass does not touch stay null and are never dereferenced.
+template <class Storage, class C>
+struct chunk_streams {
+  Storage* DASGD_RESTRICT w = nullptr;
+  C* DASGD_RESTRICT master = nullptr;
+  const Storage* DASGD_RESTRICT g = nullptr;
+  C* DASGD_RESTRICT s0 = nullptr;
+  C* DASGD_RESTRICT s1 = nullptr;
+  Storage* DASGD_RESTRICT snap = nullptr;
+  const Storage* DASGD_RESTRICT avg = nullptr;
+};
+
+/// V elements already in registers: the element math and the rounding to
+/// storage. ws receives the storage value written to w and the snapshot.
+template <stage S, class E, class Storage, class C, int V>
+DASGD_HOST_DEVICE void compute_fragment(const E& e, const merge_coeffs<C>& m, C (&w)[V],
+                                                 const C (&g)[V], C (&s0)[V], C (&s1)[V],
+                                                 const C (&avg)[V], const C (&snap)[V],
+                                                 Storage (&ws)[V]) {
+  constexpr int N = E::state_count;
+DASGD_UNROLL
+  for (int k = 0; k < V; ++k) {
+    C st[N > 0 ? N : 1] = {};
+    if constexpr (N > 0) st[0] = s0[k];
+    if constexpr (N > 1) st[1] = s1[k];
+    const C wi = fused_element<S>(e, m, w[k], g[k], st, avg[k], snap[k]);
+    if constexpr (N > 0) s0[k] = st[0];
+    if constexpr (N > 1) s1[k] = st[1];
+    w[k] = wi;
+    // Round once; the storage weights and the snapshot get the same value.
+    ws[k] = to_storage<Storage>(wi);
+  }
+}
+
+/// Vector path: elements [0, groups * V) of an aligned chunk, 16 bytes of
+/// every storage stream per thread and iteration.
+template <stage S, bool UseMaster, class E, class Storage, class C>
+DASGD_HOST_DEVICE void chunk_vector(const chunk_streams<Storage, C>& p, std::uint32_t groups,
+                                    const E& e, const merge_coeffs<C>& m, std::uint32_t thread,
+                                    std::uint32_t threads) {
+  using use = stream_use<S, UseMaster, E::state_count>;
+  constexpr int V = static_cast<int>(16 / sizeof(Storage));
+  for (std::uint32_t i = thread; i < groups; i += threads) {
+    const std::size_t j = static_cast<std::size_t>(i) * V;
+    C w[V] = {}, g[V] = {}, s0[V] = {}, s1[V] = {}, avg[V] = {}, snap[V] = {};
+    Storage ws[V];
+    if constexpr (UseMaster) load_vector(p.master + j, w);
+    else load_vector(p.w + j, w);
+    if constexpr (use::reads_g) load_vector(p.g + j, g);
+    if constexpr (use::states > 0) load_vector(p.s0 + j, s0);
+    if constexpr (use::states > 1) load_vector(p.s1 + j, s1);
+    if constexpr (use::reads_avg) load_vector(p.avg + j, avg);
+    if constexpr (use::reads_snap) load_vector(p.snap + j, snap);
+    compute_fragment<S, E, Storage>(e, m, w, g, s0, s1, avg, snap, ws);
+    if constexpr (use::states > 0) store_vector(p.s0 + j, s0);
+    if constexpr (use::states > 1) store_vector(p.s1 + j, s1);
+    if constexpr (UseMaster && use::writes_w) store_vector(p.master + j, w);
+    if constexpr (use::writes_w) store_vector(p.w + j, ws);
+    if constexpr (use::writes_snap) store_vector(p.snap + j, ws);
+  }
+}
+
+/// Scalar path: elements [begin, end) of a chunk, Unroll elements per thread
+/// and iteration (strided by the block size, so accesses stay coalesced).
+template <stage S, bool UseMaster, int Unroll, class E, class Storage, class C>
+DASGD_HOST_DEVICE void chunk_scalar(const chunk_streams<Storage, C>& p, std::uint32_t begin,
+                                    std::uint32_t end, const E& e, const merge_coeffs<C>& m,
+                                    std::uint32_t thread, std::uint32_t threads) {
+  using use = stream_use<S, UseMaster, E::state_count>;
+  const std::uint32_t stride = threads;
+  for (std::uint32_t base = begin + thread; base < end; base += stride * Unroll) {
+    C w[Unroll] = {}, g[Unroll] = {}, s0[Unroll] = {}, s1[Unroll] = {}, avg[Unroll] = {},
+      snap[Unroll] = {};
+    Storage ws[Unroll];
+    bool in[Unroll];
+DASGD_UNROLL
+    for (int k = 0; k < Unroll; ++k) {
+      // 64-bit index: base + k * stride may pass 2^32 only past `end`, but
+      // the comparison must not wrap.
+      const std::uint64_t j = base + static_cast<std::uint64_t>(k) * stride;
+      in[k] = j < end;
+      if (!in[k]) continue;
+      if constexpr (UseMaster) w[k] = p.master[j];
+      else w[k] = to_compute<C>(p.w[j]);
+      if constexpr (use::reads_g) g[k] = to_compute<C>(p.g[j]);
+      if constexpr (use::states > 0) s0[k] = p.s0[j];
+      if constexpr (use::states > 1) s1[k] = p.s1[j];
+      if constexpr (use::reads_avg) avg[k] = to_compute<C>(p.avg[j]);
+      if constexpr (use::reads_snap) snap[k] = to_compute<C>(p.snap[j]);
+    }
+    compute_fragment<S, E, Storage>(e, m, w, g, s0, s1, avg, snap, ws);
+DASGD_UNROLL
+    for (int k = 0; k < Unroll; ++k) {
+      if (!in[k]) continue;
+      const std::uint64_t j = base + static_cast<std::uint64_t>(k) * stride;
+      if constexpr (use::states > 0) p.s0[j] = s0[k];
+      if constexpr (use::states > 1) p.s1[j] = s1[k];
+      if constexpr (UseMaster && use::writes_w) p.master[j] = w[k];
+      if constexpr (use::writes_w) p.w[j] = ws[k];
+      if constexpr (use::writes_snap) p.snap[j] = ws[k];
+    }
+  }
+}
+
+/// The tensor slot that owns `block`: the last t with first_block[t] <= block.
+template <class P>
+DASGD_HOST_DEVICE int tensor_of_block(const P& p, std::uint32_t block) {
+  int lo = 0, hi = p.tensor_count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (p.first_block[mid] <= block) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+/// The work of thread `thread` (of `threads`) of block `block`. Threads
+/// share nothing, so a host loop over every (block, thread) pair runs a
+/// launch exactly (the host emulation test does that).
+template <class Policy, stage S, bool UseMaster, class E, class Storage, class C, int MaxTensors>
+DASGD_HOST_DEVICE void update_block(const fused_update_params<Storage, C, E, MaxTensors>& p,
+                                    std::uint32_t block, std::uint32_t thread,
+                                    std::uint32_t threads) {
+  static_assert(fused_update_policy<Policy>, "invalid fused_update_tuning");
+  static_assert(16 % sizeof(Storage) == 0, "storage type size must divide 16 bytes");
+  constexpr fused_update_tuning Tuning = Policy::tuning;
+  using use = stream_use<S, UseMaster, E::state_count>;
+  constexpr std::uint32_t V = 16 / sizeof(Storage);
+
+  const int t = tensor_of_block(p, block);
+  const std::size_t begin = static_cast<std::size_t>(block - p.first_block[t]) * Tuning.chunk_elements;
+  const std::size_t remaining = p.extent[t] - begin;
+  const auto len = static_cast<std::uint32_t>(
+      remaining < Tuning.chunk_elements ? remaining : Tuning.chunk_elements);
+  const std::size_t off = p.arena_offset[t] + begin;
+
+  chunk_streams<Storage, C> s;
+  bool aligned = true;
+  if constexpr (use::touches_w) {
+    s.w = p.weights[t] + begin;
+    aligned = aligned && aligned16(s.w);
+  }
+  if constexpr (UseMaster) {
+    s.master = p.master + off;
+    aligned = aligned && aligned16(s.master);
+  }
+  if constexpr (use::reads_g) {
+    s.g = p.grads[t] + begin;
+    aligned = aligned && aligned16(s.g);
+  }
+  if constexpr (use::states > 0) {
+    s.s0 = p.state0 + off;
+    aligned = aligned && aligned16(s.s0);
+  }
+  if constexpr (use::states > 1) {
+    s.s1 = p.state1 + off;
+    aligned = aligned && aligned16(s.s1);
+  }
+  if constexpr (use::touches_snap) {
+    s.snap = p.snapshot + off;
+    aligned = aligned && aligned16(s.snap);
+  }
+  if constexpr (use::reads_avg) {
+    s.avg = p.average + off;
+    aligned = aligned && aligned16(s.avg);
+  }
+
+  if (aligned) {
+    const std::uint32_t groups = len / V;
+    chunk_vector<S, UseMaster>(s, groups, p.element, p.merge, thread, threads);
+    chunk_scalar<S, UseMaster, 1>(s, groups * V, len, p.element, p.merge, thread, threads);
+  } else {
+    chunk_scalar<S, UseMaster, 4>(s, 0, len, p.element, p.merge, thread, threads);
+  }
+}
+
+}  // namespace detail
+
+/// StageBits is the stage set as an integer: nvcc 13's host stubs cannot
+/// spell a scoped-enum template argument that names no single enumerator.
+template <class Policy, unsigned StageBits, bool UseMaster, class E, class Storage, class C>
+__global__ void __launch_bounds__(Policy::tuning.threads_per_block)
+    fused_update_kernel(const fused_update_params<Storage, C, E, Policy::tuning.max_tensors_per_launch> p) {
+  detail::update_block<Policy, static_cast<stage>(StageBits), UseMaster>(p, blockIdx.x, threadIdx.x,
+                                                                         blockDim.x);
+}
+
+}  // namespace dasgd::kernels::cuda

@@ -1,0 +1,243 @@
+#!/usr/bin/env bash
+# The one command a GPU session runs (docs/cuda.md): configure and build only
+# the CUDA targets for sm_90, run the GPU tests, compute-sanitizer memcheck on
+# the kernel test, the update_kernels benchmark when present, and write a
+# summary. Budget: about 8 minutes on an H100/H200 with 16 cores.
+#
+#   bash scripts/gpu_check.sh --prepare   # here, before the session: carry doctest
+#   bash scripts/gpu_check.sh             # on the GPU machine (device tool, carry [".carry"])
+#
+# Writes into $OUT (default ./gpu-check-out), at most 8 files:
+#   summary.md, summary.json   GPU model, driver, per-test result, sanitizer, timings
+#   gpu_check.log              configure, build and test output
+#   memcheck.log               compute-sanitizer output
+#   bench/                     update_kernels results (run_gpu.sh: csv, png, log)
+# Exit status: 0 when every step that ran passed, 1 otherwise.
+# Environment: OUT, JOBS (build parallelism, default 16), GPU_CHECK_BUDGET_S
+# (default 480: later steps are skipped, and the benchmark cut, to fit).
+set -u -o pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+carry="$root/.carry/doctest"
+
+if [[ "${1:-}" == "--prepare" ]]; then
+  # The GPU image has no doctest: copy the Debian package's header and CMake
+  # package, relocatable (its targets file hard-codes the /usr prefix).
+  rm -rf "$carry"
+  mkdir -p "$carry/include" "$carry/lib/cmake"
+  cp -r /usr/include/doctest "$carry/include/"
+  cp -r /usr/lib/cmake/doctest "$carry/lib/cmake/"
+  sed -i 's|^set(_IMPORT_PREFIX "/usr")$|get_filename_component(_IMPORT_PREFIX "${CMAKE_CURRENT_LIST_DIR}/../../.." ABSOLUTE)|' \
+    "$carry/lib/cmake/doctest/doctestTargets.cmake"
+  grep -q 'CMAKE_CURRENT_LIST_DIR}/../../..' "$carry/lib/cmake/doctest/doctestTargets.cmake" || {
+    echo "gpu_check.sh --prepare: could not relocate doctestTargets.cmake" >&2
+    exit 1
+  }
+  echo "gpu_check.sh: doctest carried in $carry ($(du -sh "$carry" | cut -f1))"
+  exit 0
+fi
+
+out=${OUT:-$root/gpu-check-out}
+mkdir -p "$out"
+log="$out/gpu_check.log"
+: >"$log"
+build="$root/build-gpu"
+t_start=$SECONDS
+deadline=${GPU_CHECK_BUDGET_S:-480}   # whole script
+results="$out/.results.tsv"           # step<TAB>status<TAB>seconds<TAB>detail
+: >"$results"
+
+say() { echo "[gpu_check $((SECONDS - t_start))s] $*" | tee -a "$log"; }
+# Details go into a markdown table: no pipes, no tabs.
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$(echo "${4:-}" | tr '|\t' ',,')" >>"$results"; }
+left() { echo $((deadline - (SECONDS - t_start))); }
+export PATH="$PATH:/usr/local/cuda/bin"
+
+# ---- the machine ---------------------------------------------------------------
+gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n1)
+say "GPU: ${gpu:-none found by nvidia-smi}"
+nvcc_version=$(nvcc --version 2>/dev/null | grep -o 'release [0-9.]*' | head -n1)
+say "nvcc: ${nvcc_version:-not found}"
+
+# ---- NCCL: the toolkit's, else the one PyTorch's wheels ship ---------------------
+nccl_args=()
+if [[ ! -e /usr/local/cuda/include/nccl.h && ! -e /usr/include/nccl.h ]]; then
+  nccl_root=$(python3 - <<'EOF' 2>/dev/null
+import glob, os, site
+paths = site.getsitepackages() + [site.getusersitepackages()]
+for p in paths:
+    for inc in glob.glob(os.path.join(p, "nvidia", "nccl*", "include", "nccl.h")):
+        print(os.path.dirname(os.path.dirname(inc)))
+        raise SystemExit
+EOF
+  )
+  if [[ -n "$nccl_root" ]]; then
+    lib=$(ls "$nccl_root"/lib/libnccl.so* 2>/dev/null | head -n1)
+    if [[ -n "$lib" ]]; then
+      nccl_args=(-DDASGD_NCCL_INCLUDE_DIR="$nccl_root/include" -DDASGD_NCCL_LIBRARY="$lib")
+      export LD_LIBRARY_PATH="$nccl_root/lib:${LD_LIBRARY_PATH:-}"
+      say "NCCL: from the Python wheel at $nccl_root"
+    fi
+  fi
+fi
+
+# ---- configure: CUDA targets only, sm_90 -----------------------------------------
+generator=(-G Ninja)
+command -v ninja >/dev/null || generator=()
+bench_dir="$root/bench/update_kernels"
+want_bench=OFF
+[[ -f "$bench_dir/CMakeLists.txt" ]] && want_bench=ON
+configure() {
+  cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_CUDA_ARCHITECTURES=90 -DDASGD_ENABLE_CUDA=ON -DDASGD_ENABLE_MPI=OFF \
+    -DDASGD_BUILD_EXAMPLES=OFF -DDASGD_BUILD_TESTS=ON -DDASGD_BUILD_BENCHMARKS="$1" \
+    -Ddoctest_DIR="$carry/lib/cmake/doctest" "${nccl_args[@]}" >>"$log" 2>&1
+}
+t=$SECONDS
+configured=0
+if configure "$want_bench"; then
+  configured=1
+elif [[ $want_bench == ON ]]; then
+  say "configure with benchmarks failed; retrying without them"
+  want_bench=OFF
+  rm -rf "$build"
+  configure OFF && configured=1
+fi
+if (( configured )); then
+  record configure PASS $((SECONDS - t)) "benchmarks $want_bench"
+else
+  record configure FAIL $((SECONDS - t)) "see gpu_check.log"
+fi
+say "configured in $((SECONDS - t)) s (benchmarks: $want_bench)"
+
+# ---- build --------------------------------------------------------------------------
+gpu_tests=(dasgd.test.cuda.fused_kernel dasgd.test.cuda.trainer)
+host_tests=(dasgd.test.cuda.half_functors dasgd.test.cuda.backend_checks)
+targets=("${gpu_tests[@]}" "${host_tests[@]}")
+[[ $want_bench == ON ]] && targets+=(dasgd_bench_update_kernels)
+t=$SECONDS
+built=()
+jobs=${JOBS:-16}
+if cmake --build "$build" -j "$jobs" --target "${targets[@]}" >>"$log" 2>&1; then
+  built=("${targets[@]}")
+  record build PASS $((SECONDS - t)) "${#targets[@]} targets"
+else
+  say "building all targets at once failed; building them one by one"
+  for tg in "${targets[@]}"; do
+    if cmake --build "$build" -j "$jobs" --target "$tg" >>"$log" 2>&1; then built+=("$tg"); fi
+  done
+  record build FAIL $((SECONDS - t)) "built: ${built[*]:-none}"
+fi
+say "built in $((SECONDS - t)) s: ${built[*]:-nothing}"
+is_built() { local x; for x in "${built[@]}"; do [[ $x == "$1" ]] && return 0; done; return 1; }
+bin_of() { find "$build" -maxdepth 4 -type f -name "$1" -perm -u+x 2>/dev/null | head -n1; }
+
+# ---- tests ----------------------------------------------------------------------------
+for tg in "${host_tests[@]}" "${gpu_tests[@]}"; do
+  if ! is_built "$tg"; then record "$tg" FAIL 0 "not built"; continue; fi
+  budget=$(left)
+  if (( budget < 30 )); then record "$tg" SKIP 0 "out of time"; continue; fi
+  (( budget > 240 )) && budget=240
+  say "running $tg"
+  t=$SECONDS
+  timeout "$budget" "$(bin_of "$tg")" >"$out/.test.log" 2>&1
+  rc=$?
+  cat "$out/.test.log" >>"$log"
+  counts=$(grep -E '^\[doctest\] test cases:' "$out/.test.log" | tail -n1 | sed 's/\[doctest\] //; s/  */ /g')
+  case $rc in
+    0) record "$tg" PASS $((SECONDS - t)) "$counts" ;;
+    77) record "$tg" SKIP $((SECONDS - t)) "no CUDA device" ;;
+    124) record "$tg" FAIL $((SECONDS - t)) "timed out after $budget s" ;;
+    *) record "$tg" FAIL $((SECONDS - t)) "exit $rc; $counts" ;;
+  esac
+  say "$tg: exit $rc in $((SECONDS - t)) s; $counts"
+done
+rm -f "$out/.test.log"
+
+# ---- compute-sanitizer memcheck on the kernel test -----------------------------------
+san=$(command -v compute-sanitizer)
+for c in /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer; do
+  [[ -z "$san" && -x "$c" ]] && san=$c
+done
+if ! is_built dasgd.test.cuda.fused_kernel; then
+  record memcheck FAIL 0 "kernel test not built"
+elif [[ -z "$san" ]]; then
+  record memcheck SKIP 0 "compute-sanitizer not found"
+elif (( $(left) < 60 )); then
+  record memcheck SKIP 0 "out of time"
+else
+  budget=$(left)
+  (( budget > 240 )) && budget=240
+  say "compute-sanitizer memcheck on dasgd.test.cuda.fused_kernel (limit $budget s)"
+  t=$SECONDS
+  timeout "$budget" "$san" --tool memcheck --error-exitcode 99 --print-limit 20 \
+    "$(bin_of dasgd.test.cuda.fused_kernel)" >"$out/memcheck.log" 2>&1
+  rc=$?
+  summary_line=$(grep -E 'ERROR SUMMARY' "$out/memcheck.log" | tail -n1 | sed 's/^=* *//')
+  case $rc in
+    0) record memcheck PASS $((SECONDS - t)) "${summary_line:-no errors}" ;;
+    77) record memcheck SKIP $((SECONDS - t)) "no CUDA device" ;;
+    124) record memcheck FAIL $((SECONDS - t)) "timed out after $budget s" ;;
+    *) record memcheck FAIL $((SECONDS - t)) "exit $rc; ${summary_line:-see memcheck.log}" ;;
+  esac
+  say "memcheck: exit $rc in $((SECONDS - t)) s; $summary_line"
+fi
+
+# ---- update_kernels benchmark (bench/update_kernels/run_gpu.sh) ----------------------
+if [[ $want_bench == ON && -f "$bench_dir/run_gpu.sh" ]]; then
+  if ! is_built dasgd_bench_update_kernels; then
+    record bench FAIL 0 "benchmark not built"
+  elif (( $(left) < 60 )); then
+    record bench SKIP 0 "out of time"
+  else
+    budget=$(($(left) - 10))
+    say "update_kernels benchmark (limit $budget s)"
+    t=$SECONDS
+    COMPILE_BUDGET_S=${COMPILE_BUDGET_S:-30} DASGD_BENCH_BIN="$(bin_of dasgd_bench_update_kernels)" \
+      timeout "$budget" bash "$bench_dir/run_gpu.sh" "$out/bench" "$build" >/dev/null 2>&1
+    rc=$?
+    case $rc in
+      0) record bench PASS $((SECONDS - t)) "results in bench/" ;;
+      77) record bench SKIP $((SECONDS - t)) "no CUDA device" ;;
+      124) record bench FAIL $((SECONDS - t)) "stopped at the time limit; partial results in bench/" ;;
+      *) record bench FAIL $((SECONDS - t)) "run_gpu.sh exit $rc; see bench/update_kernels_gpu.log" ;;
+    esac
+    say "benchmark: exit $rc in $((SECONDS - t)) s"
+  fi
+else
+  record bench SKIP 0 "bench/update_kernels not present"
+fi
+
+# ---- summary ----------------------------------------------------------------------------
+total=$((SECONDS - t_start))
+status=PASS
+awk -F'\t' '$2 == "FAIL" { found = 1 } END { exit !found }' "$results" && status=FAIL
+{
+  echo "# dasgd GPU check"
+  echo
+  echo "- GPU: ${gpu:-unknown}"
+  echo "- nvcc: ${nvcc_version:-unknown}; CUDA architectures: 90"
+  echo "- commit: $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$root" diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+  echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ); total time: ${total} s; overall: $status"
+  echo
+  echo "| step | result | seconds | detail |"
+  echo "|---|---|---|---|"
+  while IFS=$'\t' read -r step st secs detail; do
+    echo "| $step | $st | $secs | $detail |"
+  done <"$results"
+} >"$out/summary.md"
+GPU="$gpu" NVCC="$nvcc_version" TOTAL="$total" STATUS="$status" python3 - "$results" "$out/summary.json" <<'EOF' || true
+import json, os, sys
+rows = []
+with open(sys.argv[1]) as f:
+    for line in f:
+        step, status, secs, detail = (line.rstrip("\n").split("\t") + [""] * 4)[:4]
+        rows.append({"step": step, "status": status, "seconds": int(secs or 0), "detail": detail})
+json.dump({"gpu": os.environ["GPU"], "nvcc": os.environ["NVCC"], "cuda_architectures": "90",
+           "total_seconds": int(os.environ["TOTAL"]), "status": os.environ["STATUS"],
+           "steps": rows}, open(sys.argv[2], "w"), indent=2)
+EOF
+rm -f "$results"
+cat "$out/summary.md"
+[[ $status == PASS ]]
