@@ -1,0 +1,665 @@
+// The machinery behind mpi_communicator: a duplicated MPI communicator, the
+// collectives in flight on it, and whatever drives their progress (a
+// progress thread, or the caller's own test()/wait() calls).
+//
+// Every collective starts with a signature exchange: a 2-word MPI_Iallgather
+// of (count or value, kind and element type). Only after it has completed
+// and every rank has seen the same table does an average start its data
+// MPI_Iallreduce, so a size, type or kind mismatch between ranks fails the
+// collective on every rank with a message naming both sides. The data
+// collective is never issued with mismatched counts: OpenMPI 4.1 answers
+// that with a silently wrong result on one rank and MPI_ERR_TRUNCATE, or a
+// segfault in the shared-memory transport, on the others.
+//
+// Memory safety when a request is dropped early: MPI only ever touches
+// engine-owned staging memory. An average copies `send` into a staging
+// buffer, reduces that in place (MPI_SUM), and the scale pass writes
+// recv = staging / size. A request destroyed while its collective is still
+// in flight (after a timeout, or during unwinding) only stops that last
+// write. The engine keeps the staging buffer until MPI is done with it.
+//
+// Ordering: ops are issued strictly in post order (op k+1's signature
+// exchange is not issued before op k's data collective), so the sequence of
+// MPI collectives is the same on every rank, whatever the timing.
+#pragma once
+
+#include <mpi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "../../core/error.hpp"
+#include "mpi_error.hpp"
+
+namespace dasgd::comm::detail {
+
+/// One collective on an mpi_engine.
+struct mpi_op {
+  enum class kind : std::uint32_t { average = 1, gather = 2 };
+  enum class phase {
+    queued,       ///< posted; signature exchange not issued yet
+    copying_in,   ///< the driver copies `send` into staging (reads user memory)
+    checking,     ///< signature exchange in flight
+    reducing,     ///< data MPI_Iallreduce in flight (staging memory only)
+    scaling_out,  ///< the driver writes `recv` (writes user memory)
+    done,
+    failed,
+  };
+
+  kind what = kind::average;
+  std::uint64_t seq = 0;
+
+  // An average: recv = sum over ranks of send / size.
+  const void* send = nullptr;
+  void* recv = nullptr;
+  std::size_t count = 0;
+  std::size_t element_bytes = 0;
+  MPI_Datatype type = MPI_DATATYPE_NULL;
+  std::uint32_t type_id = 0;
+  const char* type_name = "";
+  void (*scale_out)(const void* staging, void* recv, std::size_t count, int size) = nullptr;
+  std::unique_ptr<std::byte[]> staging;
+  std::size_t staging_bytes = 0;
+
+  // A gather: every rank's `value`, in rank order.
+  std::uint64_t value = 0;
+  std::vector<std::uint64_t> gathered;
+
+  // MPI state: touched only by whoever drives progress.
+  std::uint64_t signature[2] = {0, 0};
+  std::vector<std::uint64_t> signatures;  // 2 words per rank
+  MPI_Request check = MPI_REQUEST_NULL;
+  std::vector<MPI_Request> data;
+
+  // Guarded by the engine's mutex.
+  phase state = phase::queued;
+  bool copied_in = false;
+  bool abandoned = false;  ///< its request is gone: do not write `recv`
+  std::exception_ptr error;
+  std::chrono::steady_clock::time_point posted_at{};
+
+  bool finished() const { return state == phase::done || state == phase::failed; }
+  bool mpi_idle() const {
+    return check == MPI_REQUEST_NULL &&
+           std::all_of(data.begin(), data.end(), [](MPI_Request r) { return r == MPI_REQUEST_NULL; });
+  }
+};
+
+/// recv[i] = staging[i] / size, in the element type.
+template <class T>
+void mpi_scale_out(const void* staging, void* recv, std::size_t count, int size) {
+  const T inv = T(1) / static_cast<T>(size);
+  const T* in = static_cast<const T*>(staging);
+  T* out = static_cast<T*>(recv);
+  for (std::size_t i = 0; i < count; ++i) out[i] = in[i] * inv;
+}
+
+inline std::string describe(const mpi_op& op) {
+  if (op.what == mpi_op::kind::gather) return ::dasgd::detail::concat("MPI allgather #", op.seq);
+  return ::dasgd::detail::concat("MPI average #", op.seq, " of ", op.count, " ", op.type_name,
+                                 " elements");
+}
+
+/// Ops that may still be in MPI's hands when their engine goes away (a
+/// peer never joined): kept alive for the rest of the process, so MPI
+/// never writes into freed memory.
+inline void keep_forever(std::vector<std::shared_ptr<mpi_op>> ops) {
+  static std::mutex m;
+  static auto* graveyard = new std::vector<std::shared_ptr<mpi_op>>();  // intentionally leaked
+  std::lock_guard lk(m);
+  for (auto& op : ops) graveyard->push_back(std::move(op));
+}
+
+class mpi_engine;
+
+/// Live engines, so that mpi_environment can shut them down (stop their
+/// threads, free their communicators) before it finalizes MPI.
+class mpi_registry {
+ public:
+  static mpi_registry& instance() {
+    static auto* r = new mpi_registry();  // leaked: usable during static destruction
+    return *r;
+  }
+  void add(mpi_engine* e) {
+    std::lock_guard lk(m_);
+    engines_.push_back(e);
+  }
+  void remove(mpi_engine* e) {
+    std::lock_guard lk(m_);
+    engines_.erase(std::remove(engines_.begin(), engines_.end(), e), engines_.end());
+  }
+  inline void shutdown_all() noexcept;
+
+ private:
+  std::mutex m_;
+  std::vector<mpi_engine*> engines_;
+};
+
+class mpi_engine {
+ public:
+  /// Longest pause between two MPI_Test calls of the progress thread while
+  /// a collective is in flight; it starts at min_poll_pause and doubles.
+  static constexpr std::chrono::microseconds min_poll_pause{10};
+  static constexpr std::chrono::microseconds max_poll_pause{200};
+  /// Largest count handed to one MPI call (MPI counts are int).
+  static constexpr std::size_t max_chunk = std::size_t(1) << 30;
+
+  mpi_engine(MPI_Comm base, bool progress_thread, std::chrono::milliseconds timeout)
+      : use_thread_(progress_thread), timeout_(timeout) {
+    DASGD_REQUIRE(timeout.count() > 0, config_error, "MPI communicator timeout must be positive, got ",
+                  timeout.count(), " ms");
+    DASGD_REQUIRE(mpi_is_initialized(), config_error,
+                  "MPI is not initialized: create a dasgd::comm::mpi_environment (or call "
+                  "MPI_Init_thread) before the MPI communicator");
+    DASGD_REQUIRE(!mpi_is_finalized(), config_error,
+                  "MPI is already finalized: the MPI communicator cannot be created");
+    if (use_thread_) {
+      int level = MPI_THREAD_SINGLE;
+      DASGD_MPI_CHECK(MPI_Query_thread, &level);
+      DASGD_REQUIRE(level == MPI_THREAD_MULTIPLE, config_error,
+                    "mpi_progress::thread needs MPI_THREAD_MULTIPLE, but MPI provides ",
+                    mpi_thread_level_name(level),
+                    "; initialize MPI with MPI_Init_thread(..., MPI_THREAD_MULTIPLE, ...) (as "
+                    "mpi_environment does) or choose mpi_progress::test");
+    }
+    DASGD_REQUIRE(base != MPI_COMM_NULL, config_error, "the base communicator is MPI_COMM_NULL");
+    DASGD_MPI_CHECK(MPI_Comm_dup, base, &comm_);
+    try {
+      DASGD_MPI_CHECK(MPI_Comm_set_errhandler, comm_, MPI_ERRORS_RETURN);
+      DASGD_MPI_CHECK(MPI_Comm_size, comm_, &size_);
+      DASGD_MPI_CHECK(MPI_Comm_rank, comm_, &rank_);
+    } catch (...) {
+      MPI_Comm_free(&comm_);
+      throw;
+    }
+    mpi_registry::instance().add(this);
+    if (use_thread_) thread_ = std::thread([this] { progress_loop(); });
+  }
+
+  ~mpi_engine() {
+    mpi_registry::instance().remove(this);
+    shutdown();
+  }
+
+  mpi_engine(const mpi_engine&) = delete;
+  mpi_engine& operator=(const mpi_engine&) = delete;
+
+  int size() const noexcept { return size_; }
+  int rank() const noexcept { return rank_; }
+  MPI_Comm handle() const noexcept { return comm_; }
+  bool uses_progress_thread() const noexcept { return use_thread_; }
+  std::chrono::milliseconds timeout() const noexcept { return timeout_; }
+  /// Collectives posted and not finished (including dropped requests').
+  std::size_t in_flight() {
+    std::lock_guard lk(m_);
+    return in_flight_;
+  }
+
+  /// Queues `op` (issued in post order) and returns it.
+  std::shared_ptr<mpi_op> post(std::shared_ptr<mpi_op> op) {
+    {
+      std::lock_guard lk(m_);
+      DASGD_REQUIRE(!shut_down_, comm_error, "the MPI communicator was shut down (",
+                    shutdown_reason_, "); no collective can be started on it");
+      DASGD_REQUIRE(poison_.empty(), comm_error,
+                    "the MPI communicator is unusable after an earlier MPI failure: ", poison_);
+      op->seq = next_seq_++;
+      op->posted_at = std::chrono::steady_clock::now();
+      if (op->what == mpi_op::kind::average) take_staging(*op);
+      ++in_flight_;
+      if (use_thread_) {
+        queue_.push_back(op);
+        work_cv_.notify_one();
+        return op;
+      }
+      pipeline_.push_back(op);
+    }
+    advance_pipeline();  // test mode: the caller drives progress
+    return op;
+  }
+
+  /// True once `op` is complete; rethrows its failure.
+  bool test(mpi_op& op) {
+    if (!use_thread_) advance_pipeline();
+    std::lock_guard lk(m_);
+    return finished_or_throw(op);
+  }
+
+  /// Blocks until `op` is complete, at most the timeout.
+  void wait(mpi_op& op) {
+    const auto start = std::chrono::steady_clock::now();
+    const auto deadline = start + timeout_;
+    bool complete = false;
+    if (use_thread_) {
+      std::unique_lock lk(m_);
+      complete = done_cv_.wait_until(lk, deadline, [&] { return op.finished(); });
+    } else {
+      for (;;) {
+        advance_pipeline();
+        {
+          std::lock_guard lk(m_);
+          if (op.finished()) {
+            complete = true;
+            break;
+          }
+        }
+        if (std::chrono::steady_clock::now() >= deadline) break;
+        std::this_thread::yield();
+      }
+    }
+    std::lock_guard lk(m_);
+    if (complete || op.finished()) {
+      finished_or_throw(op);
+      return;
+    }
+    throw timeout_error(timeout_message(op, start), __FILE__, __LINE__);
+  }
+
+  /// The request for `op` is going away: from now on nothing may touch its
+  /// user buffers. Its collective still runs (other ranks take part in it).
+  void abandon(mpi_op& op) noexcept {
+    std::unique_lock lk(m_);
+    if (op.finished()) return;
+    // The driver reads `send` / writes `recv` outside the lock only in these
+    // two phases; both last one memcpy-like pass.
+    done_cv_.wait(lk, [&] {
+      return op.state != mpi_op::phase::copying_in && op.state != mpi_op::phase::scaling_out;
+    });
+    if (op.state == mpi_op::phase::queued && op.what == mpi_op::kind::average && !op.copied_in) {
+      copy_in(op);  // the driver has not reached it yet; it skips the copy later
+      op.copied_in = true;
+    }
+    op.abandoned = true;
+  }
+
+  /// Waits (at most the timeout) for the collectives in flight, stops the
+  /// progress thread and frees the communicator. Idempotent.
+  void shutdown(const char* reason = "the communicator was destroyed") noexcept {
+    std::lock_guard once(shutdown_m_);
+    {
+      std::lock_guard lk(m_);
+      if (shut_down_) return;
+    }
+    const auto deadline = std::chrono::steady_clock::now() + timeout_;
+    if (use_thread_) {
+      std::unique_lock lk(m_);
+      done_cv_.wait_until(lk, deadline, [&] { return in_flight_ == 0; });
+      stop_ = true;
+      work_cv_.notify_all();
+    } else {
+      for (;;) {
+        try {
+          advance_pipeline();
+        } catch (...) {
+          break;  // what is still in flight is stranded below
+        }
+        {
+          std::lock_guard lk(m_);
+          if (in_flight_ == 0 || std::chrono::steady_clock::now() >= deadline) break;
+        }
+        std::this_thread::yield();
+      }
+    }
+    if (thread_.joinable()) thread_.join();
+
+    std::vector<std::shared_ptr<mpi_op>> stranded;
+    {
+      std::lock_guard lk(m_);
+      shut_down_ = true;
+      shutdown_reason_ = reason;
+      for (auto* list : {&queue_, &pipeline_}) {
+        for (auto& op : *list) {
+          if (!op->finished())
+            fail(*op, std::make_exception_ptr(comm_error(
+                          ::dasgd::detail::concat(describe(*op), " was still in flight when ", reason),
+                          __FILE__, __LINE__)));
+          if (!op->mpi_idle()) stranded.push_back(op);
+        }
+        list->clear();
+      }
+      pool_.clear();
+    }
+    const bool finalized = mpi_is_finalized();
+    if (stranded.empty()) {
+      if (!finalized) MPI_Comm_free(&comm_);
+    } else {
+      // MPI may still write into these ops' staging buffers; the
+      // communicator they run on cannot be freed either.
+      std::fprintf(stderr,
+                   "dasgd: MPI communicator (rank %d of %d) shut down with %zu collective(s) "
+                   "still in flight after %lld ms; their buffers and the communicator are kept "
+                   "alive (leaked) so that MPI never writes into freed memory\n",
+                   rank_, size_, stranded.size(), static_cast<long long>(timeout_.count()));
+      keep_forever(std::move(stranded));
+    }
+  }
+
+ private:
+  bool finished_or_throw(const mpi_op& op) const {
+    if (op.state == mpi_op::phase::failed) std::rethrow_exception(op.error);
+    return op.state == mpi_op::phase::done;
+  }
+
+  std::string timeout_message(const mpi_op& op, std::chrono::steady_clock::time_point start) const {
+    using ms = std::chrono::milliseconds;
+    const auto now = std::chrono::steady_clock::now();
+    const char* where = op.state == mpi_op::phase::reducing
+                            ? "its data transfer is still running"
+                            : "not every rank has joined it yet (the size check has not completed)";
+    return ::dasgd::detail::concat(
+        describe(op), " on rank ", rank_, " of ", size_, " did not complete within the timeout of ",
+        timeout_.count(), " ms (this wait: ", std::chrono::duration_cast<ms>(now - start).count(),
+        " ms, since the collective started: ",
+        std::chrono::duration_cast<ms>(now - op.posted_at).count(), " ms); ", where,
+        ". A peer rank may have died, stalled or skipped this collective. The operation stays in "
+        "flight and wait() may be called again, but MPI state may be unusable after a timeout");
+  }
+
+  // --- staging buffers (called with m_ held) ---------------------------------
+  void take_staging(mpi_op& op) {
+    const std::size_t bytes = op.count * op.element_bytes;
+    auto it = std::find_if(pool_.begin(), pool_.end(),
+                           [&](const auto& b) { return b.second >= bytes; });
+    if (it != pool_.end()) {
+      op.staging = std::move(it->first);
+      op.staging_bytes = it->second;
+      pool_.erase(it);
+    } else {
+      op.staging.reset(new std::byte[std::max<std::size_t>(bytes, 1)]);
+      op.staging_bytes = bytes;
+    }
+  }
+
+  void recycle_staging(mpi_op& op) {
+    if (!op.staging || !op.mpi_idle()) return;
+    pool_.emplace_back(std::move(op.staging), op.staging_bytes);
+    // Keep the two largest: one average in flight plus one being posted.
+    std::sort(pool_.begin(), pool_.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+    if (pool_.size() > 2) pool_.resize(2);
+  }
+
+  static void copy_in(mpi_op& op) {
+    if (op.count != 0) std::memcpy(op.staging.get(), op.send, op.count * op.element_bytes);
+  }
+
+  // --- state changes (called with m_ held) --------------------------------
+  void fail(mpi_op& op, std::exception_ptr e) {
+    if (op.finished()) return;
+    op.error = std::move(e);
+    op.state = mpi_op::phase::failed;
+    --in_flight_;
+    done_cv_.notify_all();
+  }
+
+  void complete(mpi_op& op) {
+    op.state = mpi_op::phase::done;
+    --in_flight_;
+    done_cv_.notify_all();
+  }
+
+  void set_phase(mpi_op& op, mpi_op::phase p) {
+    op.state = p;
+    done_cv_.notify_all();
+  }
+
+  /// Fails every pending op with `e` and refuses new ones (m_ held).
+  void fail_everything(std::exception_ptr e) {
+    std::string what = "unknown exception";
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      what = x.what();
+    } catch (...) {
+    }
+    if (poison_.empty()) poison_ = "the MPI progress thread failed: " + what;
+    for (auto* list : {&queue_, &pipeline_})
+      for (auto& op : *list) fail(*op, e);
+  }
+
+  void fail_mpi(mpi_op& op, int code, const char* call) {
+    auto e = mpi_failure(code, call, __FILE__, __LINE__);
+    if (poison_.empty()) poison_ = ::dasgd::detail::concat(describe(op), ": ", e.what());
+    fail(op, std::make_exception_ptr(e));
+  }
+
+  // --- progress (only the driving thread runs these) ------------------------
+  /// One pass over the collectives in flight, in post order. Returns true
+  /// when one of them changed phase.
+  bool advance_pipeline() {
+    bool changed = false;
+    bool may_issue = true;  // false once an earlier op has not issued its data collective
+    for (auto& op : pipeline_) {
+      mpi_op::phase p = phase_of(*op);
+      if (p == mpi_op::phase::queued) {
+        if (!may_issue) break;
+        start(*op);
+        changed = true;
+        p = phase_of(*op);
+      }
+      if (p == mpi_op::phase::checking) {
+        changed |= test_check(*op);
+        p = phase_of(*op);
+      }
+      if (p == mpi_op::phase::queued || p == mpi_op::phase::checking) may_issue = false;
+      if (p == mpi_op::phase::reducing) changed |= test_data(*op);
+    }
+    std::lock_guard lk(m_);
+    for (auto it = pipeline_.begin(); it != pipeline_.end();) {
+      if ((*it)->finished() && (*it)->mpi_idle()) {
+        recycle_staging(**it);
+        it = pipeline_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    return changed;
+  }
+
+  mpi_op::phase phase_of(const mpi_op& op) {
+    std::lock_guard lk(m_);
+    return op.state;
+  }
+
+  /// Issues the signature exchange and stages the send buffer.
+  void start(mpi_op& op) {
+    const bool average = op.what == mpi_op::kind::average;
+    op.signature[0] = average ? static_cast<std::uint64_t>(op.count) : op.value;
+    op.signature[1] = (static_cast<std::uint64_t>(op.what) << 32) | op.type_id;
+    op.signatures.assign(2 * static_cast<std::size_t>(size_), 0);
+    bool copy = false;
+    {
+      std::lock_guard lk(m_);
+      copy = average && !op.copied_in;
+      set_phase(op, copy ? mpi_op::phase::copying_in : mpi_op::phase::checking);
+    }
+    const int rc = MPI_Iallgather(op.signature, 2, MPI_UINT64_T, op.signatures.data(), 2,
+                                  MPI_UINT64_T, comm_, &op.check);
+    if (copy) copy_in(op);  // overlaps the signature exchange
+    std::lock_guard lk(m_);
+    op.copied_in = op.copied_in || copy;
+    if (rc != MPI_SUCCESS) {
+      op.check = MPI_REQUEST_NULL;
+      fail_mpi(op, rc, "MPI_Iallgather (size check)");
+      return;
+    }
+    set_phase(op, mpi_op::phase::checking);
+  }
+
+  /// Tests the signature exchange; once complete, validates it and starts
+  /// the data collective. Every rank sees the same table, so every rank
+  /// takes the same branch and the collective sequence stays aligned.
+  bool test_check(mpi_op& op) {
+    int flag = 0;
+    const int rc = MPI_Test(&op.check, &flag, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS) {
+      op.check = MPI_REQUEST_NULL;
+      std::lock_guard lk(m_);
+      fail_mpi(op, rc, "MPI_Test (size check)");
+      return true;
+    }
+    if (!flag) return false;
+
+    if (auto e = signature_mismatch(op)) {
+      std::lock_guard lk(m_);
+      fail(op, e);
+      return true;
+    }
+    if (op.what == mpi_op::kind::gather) {
+      op.gathered.resize(static_cast<std::size_t>(size_));
+      for (std::size_t r = 0; r < op.gathered.size(); ++r) op.gathered[r] = op.signatures[2 * r];
+      std::lock_guard lk(m_);
+      complete(op);
+      return true;
+    }
+    for (std::size_t first = 0; first < op.count; first += max_chunk) {
+      const int n = static_cast<int>(std::min(max_chunk, op.count - first));
+      MPI_Request req = MPI_REQUEST_NULL;
+      const int rc2 = MPI_Iallreduce(MPI_IN_PLACE, op.staging.get() + first * op.element_bytes, n,
+                                     op.type, MPI_SUM, comm_, &req);
+      if (rc2 != MPI_SUCCESS) {
+        std::lock_guard lk(m_);
+        fail_mpi(op, rc2, "MPI_Iallreduce");
+        return true;
+      }
+      op.data.push_back(req);
+    }
+    std::lock_guard lk(m_);
+    set_phase(op, mpi_op::phase::reducing);
+    return true;
+  }
+
+  std::exception_ptr signature_mismatch(const mpi_op& op) const {
+    const auto me = static_cast<std::size_t>(rank_);
+    const auto word = [&](std::size_t r, int i) { return op.signatures[2 * r + static_cast<std::size_t>(i)]; };
+    const auto kind_name = [](std::uint64_t w) {
+      const auto k = static_cast<mpi_op::kind>(w >> 32);
+      return k == mpi_op::kind::average ? "an average" : k == mpi_op::kind::gather ? "an allgather" : "an unknown collective";
+    };
+    for (std::size_t r = 0; r < static_cast<std::size_t>(size_); ++r) {
+      if ((word(r, 1) >> 32) != (word(me, 1) >> 32)) {
+        return std::make_exception_ptr(comm_error(
+            ::dasgd::detail::concat("MPI collective #", op.seq, ": rank ", me, " issued ",
+                                    kind_name(word(me, 1)), " but rank ", r, " issued ",
+                                    kind_name(word(r, 1)),
+                                    "; collectives must be issued in the same order on every rank"),
+            __FILE__, __LINE__));
+      }
+    }
+    if (op.what != mpi_op::kind::average) return nullptr;
+    for (std::size_t r = 0; r < static_cast<std::size_t>(size_); ++r) {
+      if (word(r, 0) != word(me, 0) || word(r, 1) != word(me, 1)) {
+        const auto type_name = [&](std::uint64_t w) {
+          const auto id = static_cast<std::uint32_t>(w & 0xFFFFFFFFu);
+          return id == op.type_id ? op.type_name : id == 1 ? "float" : id == 2 ? "double" : "other-type";
+        };
+        return std::make_exception_ptr(size_mismatch_error(
+            ::dasgd::detail::concat("MPI average #", op.seq,
+                                    ": buffer sizes or element types differ across ranks: rank ", me,
+                                    " sent ", word(me, 0), " ", type_name(word(me, 1)),
+                                    " elements, rank ", r, " sent ", word(r, 0), " ",
+                                    type_name(word(r, 1)), " elements"),
+            __FILE__, __LINE__));
+      }
+    }
+    return nullptr;
+  }
+
+  /// Tests the data collective; once complete, writes recv = sum / size.
+  bool test_data(mpi_op& op) {
+    for (auto& req : op.data) {
+      if (req == MPI_REQUEST_NULL) continue;
+      int flag = 0;
+      const int rc = MPI_Test(&req, &flag, MPI_STATUS_IGNORE);
+      if (rc != MPI_SUCCESS) {
+        req = MPI_REQUEST_NULL;
+        std::lock_guard lk(m_);
+        fail_mpi(op, rc, "MPI_Test (average)");
+        return true;
+      }
+      if (!flag) return false;
+    }
+    bool write = false;
+    {
+      std::lock_guard lk(m_);
+      write = !op.abandoned;
+      if (write) set_phase(op, mpi_op::phase::scaling_out);
+    }
+    if (write) op.scale_out(op.staging.get(), op.recv, op.count, size_);
+    std::lock_guard lk(m_);
+    complete(op);
+    return true;
+  }
+
+  void progress_loop() {
+    auto pause = min_poll_pause;
+    std::unique_lock lk(m_);
+    for (;;) {
+      // Asleep while idle: no polling without a collective in flight.
+      work_cv_.wait(lk, [&] { return stop_ || !queue_.empty() || !pipeline_.empty(); });
+      if (stop_) return;
+      while (!queue_.empty()) {
+        pipeline_.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+      }
+      lk.unlock();
+      bool changed = true;
+      try {
+        changed = advance_pipeline();
+      } catch (...) {  // e.g. bad_alloc: fail what is pending rather than terminate
+        lk.lock();
+        fail_everything(std::current_exception());
+        continue;
+      }
+      lk.lock();
+      if (changed || pipeline_.empty()) {
+        pause = min_poll_pause;
+      } else if (queue_.empty()) {
+        work_cv_.wait_for(lk, pause, [&] { return stop_ || !queue_.empty(); });
+        pause = std::min(pause * 2, max_poll_pause);
+      }
+    }
+  }
+
+  const bool use_thread_;
+  const std::chrono::milliseconds timeout_;
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  int size_ = 0;
+  int rank_ = 0;
+
+  std::mutex m_;
+  std::condition_variable work_cv_;  // progress thread: new work or stop
+  std::condition_variable done_cv_;  // waiters: an op changed phase
+  std::deque<std::shared_ptr<mpi_op>> queue_;     // posted, not yet seen by the progress thread
+  std::deque<std::shared_ptr<mpi_op>> pipeline_;  // in post order; only the driver touches it
+  std::vector<std::pair<std::unique_ptr<std::byte[]>, std::size_t>> pool_;
+  std::uint64_t next_seq_ = 0;
+  std::size_t in_flight_ = 0;
+  std::string poison_;
+  bool stop_ = false;
+  bool shut_down_ = false;
+  std::string shutdown_reason_;
+  std::mutex shutdown_m_;
+  std::thread thread_;
+};
+
+inline void mpi_registry::shutdown_all() noexcept {
+  std::lock_guard lk(m_);
+  for (auto* e : engines_) e->shutdown("MPI was finalized");
+  engines_.clear();
+}
+
+}  // namespace dasgd::comm::detail

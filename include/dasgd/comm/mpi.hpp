@@ -1,0 +1,261 @@
+// MPI communicator: ranks are processes started by mpiexec (link dasgd::mpi).
+//
+//   int main(int argc, char** argv) {
+//     dasgd::comm::mpi_environment env(argc, argv);   // MPI_THREAD_MULTIPLE
+//     dasgd::comm::mpi_communicator comm;             // dup of MPI_COMM_WORLD
+//     dasgd::delayed_averager trainer(params, std::move(comm), ...);
+//   }
+//
+// The average is an MPI_Iallreduce (MPI_SUM, then a scale by 1/size) on a
+// communicator of its own (MPI_Comm_dup, MPI_ERRORS_RETURN), preceded by a
+// small signature exchange that turns a size, type or order mismatch
+// between ranks into size_mismatch_error / comm_error on every rank (see
+// detail/mpi_engine.hpp). Every MPI failure becomes a comm_error carrying
+// MPI_Error_string; a wait longer than mpi_options::timeout becomes a
+// timeout_error.
+//
+// Progress. OpenMPI's TCP transport moves large messages only while some
+// thread is inside MPI, so a collective left alone while the worker
+// computes barely advances:
+//  - mpi_progress::thread (default): a progress thread per communicator
+//    stages the send buffer, drives the collective with MPI_Test (short
+//    growing pauses while one is in flight, asleep on a condition variable
+//    otherwise) and writes the scaled result, all off the caller's critical
+//    path. Needs MPI_THREAD_MULTIPLE.
+//  - mpi_progress::test: nothing runs in the background. The copy-in runs
+//    in iallreduce_average(), and progress and the scale pass happen inside
+//    test() and wait(). delayed_averager calls test() once per step.
+// docs/mpi.md has the measurement behind the default: on an emulated 1 Gbit/s
+// link the progress thread hid far more of the allreduce.
+//
+// Threads: use one communicator (and its requests) from one thread at a time.
+// Do not issue your own collectives on native_handle() while dasgd's are in
+// flight.
+#pragma once
+
+#include <mpi.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <span>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "../core/communicator.hpp"
+#include "../core/error.hpp"
+#include "../core/precision.hpp"
+#include "../core/tensor.hpp"
+#include "detail/mpi_engine.hpp"
+#include "detail/mpi_error.hpp"
+
+namespace dasgd::comm {
+
+/// Who drives MPI progress while an average is in flight.
+enum class mpi_progress {
+  thread,  ///< a progress thread per communicator (needs MPI_THREAD_MULTIPLE)
+  test,    ///< the caller, inside test() and wait()
+};
+
+struct mpi_options {
+  mpi_progress progress = mpi_progress::thread;
+  /// Longest a wait() or allgather() blocks before timeout_error; also how
+  /// long destruction waits for collectives still in flight.
+  std::chrono::milliseconds timeout{std::chrono::seconds(120)};
+};
+
+/// RAII MPI_Init_thread(MPI_THREAD_MULTIPLE) / MPI_Finalize. Does nothing
+/// if MPI was already initialized by the caller. When it initializes MPI it
+/// also sets MPI_ERRORS_RETURN on MPI_COMM_WORLD, because OpenMPI reports
+/// some request errors there, and the fatal default handler would abort
+/// without an exception. Before finalizing it shuts down communicators that
+/// are still alive (waiting, at most their timeout, for their collectives).
+class mpi_environment {
+ public:
+  mpi_environment(int& argc, char**& argv) {
+    DASGD_REQUIRE(!detail::mpi_is_finalized(), config_error,
+                  "MPI was already finalized; it cannot be initialized again");
+    if (detail::mpi_is_initialized()) {
+      DASGD_MPI_CHECK(MPI_Query_thread, &level_);
+      return;
+    }
+    DASGD_MPI_CHECK(MPI_Init_thread, &argc, &argv, MPI_THREAD_MULTIPLE, &level_);
+    owns_ = true;
+    DASGD_MPI_CHECK(MPI_Comm_set_errhandler, MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  }
+
+  ~mpi_environment() {
+    if (!owns_) return;
+    detail::mpi_registry::instance().shutdown_all();
+    if (!detail::mpi_is_finalized()) MPI_Finalize();
+  }
+
+  mpi_environment(const mpi_environment&) = delete;
+  mpi_environment& operator=(const mpi_environment&) = delete;
+
+  /// The thread support level MPI provides (MPI_THREAD_MULTIPLE = 3 with
+  /// Debian's OpenMPI).
+  int thread_level() const noexcept { return level_; }
+  /// True if this object initialized MPI (and will finalize it).
+  bool owns_mpi() const noexcept { return owns_; }
+
+ private:
+  int level_ = MPI_THREAD_SINGLE;
+  bool owns_ = false;
+};
+
+/// True when this process was started by mpiexec/mpirun (OpenMPI, MPICH
+/// hydra, PMIx-based launchers), i.e. it has peers to talk to.
+inline bool launched_by_mpiexec() {
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK"})
+    if (std::getenv(var) != nullptr) return true;
+  return false;
+}
+
+/// Handle to one non-blocking MPI average (models dasgd::request). Dropping
+/// it while the collective is in flight is safe: the collective completes in
+/// the background (other ranks take part in it) and `recv` is not written.
+class mpi_request {
+ public:
+  mpi_request(mpi_request&& other) noexcept = default;
+  mpi_request& operator=(mpi_request&& other) noexcept {
+    if (this != &other) {
+      release();
+      engine_ = std::move(other.engine_);
+      op_ = std::move(other.op_);
+    }
+    return *this;
+  }
+  mpi_request(const mpi_request&) = delete;
+  mpi_request& operator=(const mpi_request&) = delete;
+  ~mpi_request() { release(); }
+
+  /// Never blocks; in test mode this is where MPI progresses. True once
+  /// `recv` holds the average. Throws comm_error / size_mismatch_error.
+  bool test() {
+    require_valid();
+    return engine_->test(*op_);
+  }
+
+  /// Returns when `recv` holds the average; timeout_error after the
+  /// communicator's timeout (the request then stays valid: wait again or
+  /// drop it).
+  void wait() {
+    require_valid();
+    engine_->wait(*op_);
+  }
+
+ private:
+  friend class mpi_communicator;
+  mpi_request(std::shared_ptr<detail::mpi_engine> e, std::shared_ptr<detail::mpi_op> op)
+      : engine_(std::move(e)), op_(std::move(op)) {}
+
+  void require_valid() const {
+    DASGD_REQUIRE(op_ != nullptr, state_error, "this mpi_request was moved from");
+  }
+  void release() noexcept {
+    if (op_) engine_->abandon(*op_);
+    op_.reset();
+    engine_.reset();
+  }
+
+  std::shared_ptr<detail::mpi_engine> engine_;
+  std::shared_ptr<detail::mpi_op> op_;
+};
+
+/// One rank's communicator (models dasgd::communicator<C, float> and
+/// <C, double>). Move-only. It owns a duplicate of the base communicator,
+/// freed when the communicator and its last request are gone.
+class mpi_communicator {
+ public:
+  using request_type = mpi_request;
+  using memory_space = host_space;
+
+  /// Collective over `base`: MPI_Comm_dup, then MPI_ERRORS_RETURN on the
+  /// duplicate. Throws config_error if MPI is not initialized, or if
+  /// mpi_progress::thread is asked for without MPI_THREAD_MULTIPLE.
+  explicit mpi_communicator(MPI_Comm base = MPI_COMM_WORLD, mpi_options options = {})
+      : engine_(std::make_shared<detail::mpi_engine>(base, options.progress == mpi_progress::thread,
+                                                     options.timeout)),
+        options_(options),
+        size_(engine_->size()),
+        rank_(engine_->rank()) {}
+
+  mpi_communicator(mpi_communicator&&) noexcept = default;
+  mpi_communicator& operator=(mpi_communicator&&) noexcept = default;
+  mpi_communicator(const mpi_communicator&) = delete;
+  mpi_communicator& operator=(const mpi_communicator&) = delete;
+  ~mpi_communicator() = default;
+
+  int size() const noexcept { return size_; }
+  int rank() const noexcept { return rank_; }
+  const mpi_options& options() const noexcept { return options_; }
+
+  /// Starts recv = (sum over ranks of send) / size and returns at once.
+  /// `send` may alias `recv`. Collective: every rank calls it with the same
+  /// size and element type, in the same order as the other collectives.
+  template <storage_type T>
+  mpi_request iallreduce_average(std::span<const T> send, std::span<T> recv) {
+    using V = std::remove_cv_t<T>;
+    static_assert(std::is_same_v<V, float> || std::is_same_v<V, double>,
+                  "dasgd::comm::mpi_communicator averages float and double buffers only; keep "
+                  "fp32 master weights or use the NCCL communicator for 16-bit storage");
+    require_valid();
+    DASGD_REQUIRE(send.size() == recv.size(), size_mismatch_error,
+                  "iallreduce_average: send has ", send.size(), " elements but recv has ",
+                  recv.size());
+    auto op = std::make_shared<detail::mpi_op>();
+    op->what = detail::mpi_op::kind::average;
+    op->send = send.data();
+    op->recv = recv.data();
+    op->count = send.size();
+    op->element_bytes = sizeof(V);
+    op->type = std::is_same_v<V, float> ? MPI_FLOAT : MPI_DOUBLE;
+    op->type_id = type_id<V>::value;
+    op->type_name = type_id<V>::name;
+    op->scale_out = &detail::mpi_scale_out<V>;
+    return mpi_request(engine_, engine_->post(std::move(op)));
+  }
+
+  /// Blocking gather of one value per rank, in rank order (honours the
+  /// timeout like wait()).
+  std::vector<std::uint64_t> allgather(std::uint64_t value) {
+    require_valid();
+    auto op = std::make_shared<detail::mpi_op>();
+    op->what = detail::mpi_op::kind::gather;
+    op->value = value;
+    engine_->post(op);
+    engine_->wait(*op);
+    return op->gathered;
+  }
+
+  /// Collectives started on this communicator and not finished yet,
+  /// including those whose request was dropped (they still complete).
+  std::size_t collectives_in_flight() const {
+    require_valid();
+    return engine_->in_flight();
+  }
+
+  /// The duplicated communicator dasgd's collectives run on.
+  MPI_Comm native_handle() const {
+    require_valid();
+    return engine_->handle();
+  }
+
+ private:
+  void require_valid() const {
+    DASGD_REQUIRE(engine_ != nullptr, state_error, "this mpi_communicator was moved from");
+  }
+
+  std::shared_ptr<detail::mpi_engine> engine_;
+  mpi_options options_;
+  int size_ = 0;
+  int rank_ = 0;
+};
+
+static_assert(communicator<mpi_communicator, float>);
+static_assert(communicator<mpi_communicator, double>);
+
+}  // namespace dasgd::comm
