@@ -194,7 +194,7 @@ if [[ $want_bench == ON && -f "$bench_dir/run_gpu.sh" ]]; then
     budget=$(($(left) - 10))
     say "update_kernels benchmark (limit $budget s)"
     t=$SECONDS
-    COMPILE_BUDGET_S=${COMPILE_BUDGET_S:-30} DASGD_BENCH_BIN="$(bin_of dasgd_bench_update_kernels)" \
+    BENCH_BUDGET_S=$((budget - 5)) COMPILE_BUDGET_S=${COMPILE_BUDGET_S:-30} DASGD_BENCH_BIN="$(bin_of dasgd_bench_update_kernels)" \
       timeout "$budget" bash "$bench_dir/run_gpu.sh" "$out/bench" "$build" >/dev/null 2>&1
     rc=$?
     case $rc in
