@@ -1,0 +1,51 @@
+# Runs the trainer binary and checks its exit code, output and CSV log.
+#   MODE=smoke         2 epochs on 8000 images: must learn (>= 0.6); 2 threads,
+#                      or one worker per rank with LAUNCHER="mpiexec;-n;4"
+#   MODE=missing_data  a data folder that does not exist: must fail and say
+#                      how to install the dataset
+# cmake -P cannot exit with a chosen code: a skip is reported through the
+# test's SKIP_REGULAR_EXPRESSION.
+set(_data /usr/share/datasets/fashion-mnist)
+
+if(MODE STREQUAL "smoke")
+  if(NOT EXISTS ${_data}/train-images-idx3-ubyte.gz)
+    message(STATUS "SKIP: dataset-fashion-mnist is not installed")
+    return()
+  endif()
+  if(LAUNCHER)
+    set(_csv ${WORK_DIR}/smoke_mpi.csv)
+    set(_workers "")
+  else()
+    set(_csv ${WORK_DIR}/smoke.csv)
+    set(_workers --workers 2)
+  endif()
+  file(REMOVE ${_csv})
+  execute_process(COMMAND ${LAUNCHER} ${TRAINER} ${_workers} --epochs 2 --train-samples 8000
+                          --test-samples 2000 --csv ${_csv} --min-accuracy 0.6
+                  RESULT_VARIABLE _rc OUTPUT_VARIABLE _out ERROR_VARIABLE _err)
+  message(STATUS "${_out}${_err}")
+  if(NOT _rc EQUAL 0)
+    message(FATAL_ERROR "trainer exited with ${_rc}")
+  endif()
+  file(STRINGS ${_csv} _rows)
+  list(LENGTH _rows _n)
+  list(GET _rows 0 _header)
+  if(NOT _n EQUAL 3 OR NOT _header MATCHES "^algorithm,workers,tau,delay,epoch,step,wall_seconds,train_loss,test_loss,test_accuracy")
+    message(FATAL_ERROR "unexpected CSV log (${_n} lines, header '${_header}')")
+  endif()
+  if(NOT _out MATCHES "epoch 2/2 .*test_acc 0\\.[0-9]+")
+    message(FATAL_ERROR "no per-epoch line in the output")
+  endif()
+elseif(MODE STREQUAL "missing_data")
+  execute_process(COMMAND ${TRAINER} --data-dir ${WORK_DIR}/no-such-dir
+                  RESULT_VARIABLE _rc OUTPUT_VARIABLE _out ERROR_VARIABLE _err)
+  if(_rc EQUAL 0)
+    message(FATAL_ERROR "trainer succeeded without data")
+  endif()
+  if(NOT _err MATCHES "no-such-dir/train-images-idx3-ubyte.gz: file not found" OR
+     NOT _err MATCHES "apt-get install dataset-fashion-mnist")
+    message(FATAL_ERROR "unhelpful message: ${_err}")
+  endif()
+else()
+  message(FATAL_ERROR "unknown MODE '${MODE}'")
+endif()

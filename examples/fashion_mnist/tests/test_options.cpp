@@ -1,0 +1,109 @@
+// Command-line parsing: defaults, the algorithm presets, and flags that would
+// be silently ignored are refused.
+#include <doctest/doctest.h>
+
+#include <string>
+#include <vector>
+
+#include "training_options.hpp"
+
+namespace fm = fashion_mnist;
+
+namespace {
+
+fm::parse_result parse(std::vector<std::string> args, int ranks = 0) {
+  args.insert(args.begin(), "dasgd_fashion_mnist");
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  return fm::parse_training_options(static_cast<int>(argv.size()), argv.data(), ranks,
+                                    /*print=*/false);
+}
+
+}  // namespace
+
+TEST_CASE("the defaults are DaSGD with 4 workers, tau 4, delay 1") {
+  const auto r = parse({});
+  REQUIRE(r.options);
+  CHECK(r.options->algo == fm::algorithm::dasgd);
+  CHECK(r.options->workers == 4);
+  CHECK(r.options->tau == 4);
+  CHECK(r.options->delay == 1);
+  CHECK(r.options->effective_lr() == fm::training_options::default_sgd_lr);
+}
+
+TEST_CASE("every flag reaches its field") {
+  const auto r = parse({"-a", "local", "--tau", "8", "--merge", "additive", "--optimizer", "adamw",
+                        "--lr", "0.002", "--weight-decay", "0.01", "--schedule", "constant", "-b",
+                        "64", "-e", "3", "-w", "2", "--seed", "9", "--csv", "x.csv", "--data-dir",
+                        "/d", "--train-samples", "100", "--test-samples", "50",
+                        "--min-accuracy", "0.5"});
+  REQUIRE(r.options);
+  const auto& o = *r.options;
+  CHECK(o.algo == fm::algorithm::local);
+  CHECK(o.tau == 8);
+  CHECK(o.delay == 0);  // local SGD is blocking
+  CHECK(o.merge == fm::merge_kind::additive);
+  CHECK(o.optimizer == fm::optimizer_kind::adamw);
+  CHECK(o.effective_lr() == 0.002);
+  CHECK(o.weight_decay == 0.01);
+  CHECK(o.schedule == fm::lr_schedule::constant);
+  CHECK(o.batch == 64);
+  CHECK(o.epochs == 3);
+  CHECK(o.workers == 2);
+  CHECK(o.seed == 9);
+  CHECK(o.csv_path == "x.csv");
+  CHECK(o.data_dir == "/d");
+  CHECK(o.train_samples == 100);
+  CHECK(o.test_samples == 50);
+  CHECK(o.min_accuracy == 0.5);
+}
+
+TEST_CASE("sync is exact synchronous SGD: tau 1, delay 0, mix p 0") {
+  const auto r = parse({"--algorithm", "SYNC"});
+  REQUIRE(r.options);
+  CHECK(r.options->tau == 1);
+  CHECK(r.options->delay == 0);
+  CHECK(r.options->merge == fm::merge_kind::mix);
+  CHECK(r.options->mix_p == 0.0);
+}
+
+TEST_CASE("flags that would have no effect are refused") {
+  CHECK_FALSE(parse({"-a", "sync", "--tau", "4"}).options);
+  CHECK_FALSE(parse({"-a", "sync", "-p", "0.5"}).options);
+  CHECK_FALSE(parse({"-a", "local", "--delay", "1"}).options);
+  CHECK_FALSE(parse({"--merge", "additive", "-p", "0.5"}).options);
+  CHECK_FALSE(parse({"--optimizer", "adamw", "--momentum", "0.5"}).options);
+  CHECK(parse({"-a", "sync", "--tau", "4"}).exit_code != 0);
+}
+
+TEST_CASE("out-of-range and unknown values are refused") {
+  CHECK_FALSE(parse({"--tau", "0"}).options);
+  CHECK_FALSE(parse({"--tau", "2", "--delay", "2"}).options);  // delay must be < tau
+  CHECK(parse({"--tau", "3", "--delay", "2"}).options);
+  CHECK_FALSE(parse({"-p", "1.5"}).options);
+  CHECK_FALSE(parse({"--algorithm", "async"}).options);
+  CHECK_FALSE(parse({"--batch", "-3"}).options);
+  CHECK_FALSE(parse({"--no-such-flag"}).options);
+  CHECK(parse({"--help"}).exit_code == 0);
+  CHECK_FALSE(parse({"--help"}).options);
+}
+
+TEST_CASE("under mpiexec the worker count is the rank count") {
+  const auto r = parse({}, /*ranks=*/3);
+  REQUIRE(r.options);
+  CHECK(r.options->workers == 3);
+  CHECK(parse({"-w", "3"}, 3).options);
+  CHECK_FALSE(parse({"-w", "4"}, 3).options);
+}
+
+TEST_CASE("the progress bar is drawn on a terminal only, and not under mpiexec unless asked") {
+  using fm::progress_style;
+  CHECK(fm::wants_progress_bar(progress_style::automatic, true, false));
+  CHECK_FALSE(fm::wants_progress_bar(progress_style::automatic, false, false));
+  CHECK_FALSE(fm::wants_progress_bar(progress_style::automatic, true, true));
+  CHECK(fm::wants_progress_bar(progress_style::bar, false, true));
+  CHECK_FALSE(fm::wants_progress_bar(progress_style::lines, true, false));
+  const auto r = parse({"--progress", "lines"});
+  REQUIRE(r.options);
+  CHECK(r.options->progress == progress_style::lines);
+}
