@@ -7,12 +7,9 @@
 // does not use) has to come back bit for bit unchanged.
 #include <doctest/doctest.h>
 
-#include <dasgd/core/delayed_averager.hpp>  // arena_offsets: the trainer's layout
 #include <dasgd/core/merge_rule.hpp>
 #include <dasgd/kernels/cuda/cuda_backend.cuh>
 #include <dasgd/kernels/host/host_backend.hpp>
-#include <dasgd/optim/adamw.hpp>
-#include <dasgd/optim/sgd.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -20,34 +17,15 @@
 #include <cstdint>
 #include <random>
 #include <string>
-#include <variant>
+#include <type_traits>
 #include <vector>
 
-#include "cuda/storage_tolerance.hpp"
-
-namespace policies {
-/// Tiny chunks, tables and blocks: many chunks per tensor and many launches
-/// per pass even for small inputs, so index math and table boundaries are
-/// exercised cheaply.
-struct tiny {
-  static constexpr dasgd::kernels::cuda::fused_update_tuning tuning{
-      .threads_per_block = 32, .chunk_elements = 64, .max_tensors_per_launch = 3};
-};
-}  // namespace policies
+#include "cuda/kernel_test_fixture.hpp"
 
 namespace {
 
 using namespace dasgd;
-namespace ks = dasgd::kernels;
-namespace kc = dasgd::kernels::cuda;
-
-/// One user tensor: its size and how many elements its weight and gradient
-/// start after a 16-element boundary (1..7: misaligned for every type).
-struct tensor_spec {
-  std::size_t n;
-  std::size_t w_shift = 0;
-  std::size_t g_shift = 0;
-};
+using namespace dasgd::test;  // kernel_test_fixture.hpp; also the ks and kc aliases
 
 std::vector<tensor_spec> standard_specs() {
   std::vector<tensor_spec> s;
@@ -78,12 +56,6 @@ std::vector<tensor_spec> random_specs(std::size_t count, std::uint32_t seed) {
 }
 
 template <class T, class C>
-struct host_side {
-  std::vector<T> w, g, snap, avg;
-  std::vector<C> master, s0, s1;
-};
-
-template <class T, class C>
 struct device_side {
   device_buffer<T> w, g, snap, avg;
   device_buffer<C> master, s0, s1;
@@ -107,54 +79,24 @@ template <class T>
 class fixture {
  public:
   using C = default_compute_t<T>;
-  static constexpr std::size_t guard = 13;  // elements between user tensors
 
-  explicit fixture(std::vector<tensor_spec> specs, std::uint32_t seed = 7) : specs_(std::move(specs)) {
+  explicit fixture(std::vector<tensor_spec> specs, std::uint32_t seed = 7)
+      : layout_(std::move(specs)), before_(test::random_inputs<T>(layout_, seed)) {
     DASGD_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    std::size_t wpos = 0, gpos = 0;
-    std::vector<std::size_t> extents;
-    for (const auto& t : specs_) {
-      w_pos_.push_back(wpos + t.w_shift);
-      g_pos_.push_back(gpos + t.g_shift);
-      wpos = round_up(w_pos_.back() + t.n + guard);
-      gpos = round_up(g_pos_.back() + t.n + guard);
-      extents.push_back(t.n);
-    }
-    offsets_ = dasgd::detail::arena_offsets(extents, arena_);
-    std::mt19937 rng(seed);
-    auto fill_s = [&](std::vector<T>& v, std::size_t n) {
-      v.resize(n);
-      for (auto& x : v) x = test::random_storage<T>(rng, -1.0, 1.0);
-    };
-    auto fill_c = [&](std::vector<C>& v, std::size_t n, double lo, double hi) {
-      std::uniform_real_distribution<double> d(lo, hi);
-      v.resize(n);
-      for (auto& x : v) x = C(d(rng));
-    };
-    fill_s(before_.w, wpos);
-    fill_s(before_.g, gpos);
-    fill_s(before_.snap, arena_);
-    fill_s(before_.avg, arena_);
-    fill_c(before_.master, arena_, -1.0, 1.0);
-    fill_c(before_.s0, arena_, -0.5, 0.5);
-    fill_c(before_.s1, arena_, 0.01, 0.5);  // second moments are positive
     cuda_backend b(stream_);
-    dev_.w = b.allocate<T>(wpos);
-    dev_.g = b.allocate<T>(gpos);
-    dev_.snap = b.allocate<T>(arena_);
-    dev_.avg = b.allocate<T>(arena_);
-    dev_.master = b.allocate<C>(arena_);
-    dev_.s0 = b.allocate<C>(arena_);
-    dev_.s1 = b.allocate<C>(arena_);
+    dev_.w = b.allocate<T>(layout_.w_size);
+    dev_.g = b.allocate<T>(layout_.g_size);
+    dev_.snap = b.allocate<T>(layout_.arena);
+    dev_.avg = b.allocate<T>(layout_.arena);
+    dev_.master = b.allocate<C>(layout_.arena);
+    dev_.s0 = b.allocate<C>(layout_.arena);
+    dev_.s1 = b.allocate<C>(layout_.arena);
   }
   ~fixture() { (void)cudaStreamDestroy(stream_); }
   fixture(const fixture&) = delete;
   fixture& operator=(const fixture&) = delete;
 
-  std::size_t nonempty_tensors() const {
-    return static_cast<std::size_t>(
-        std::count_if(specs_.begin(), specs_.end(), [](const tensor_spec& t) { return t.n > 0; }));
-  }
+  std::size_t nonempty_tensors() const { return layout_.nonempty_tensors(); }
 
   /// Runs stage S on both backends from the pristine inputs and compares.
   /// Returns the number of kernel launches of the device pass.
@@ -163,45 +105,13 @@ class fixture {
     host_ = before_;
     cuda_backend b(stream_);
     upload(b);
-    const ks::merge_coeffs<C> m{C(mc.a), C(mc.b), C(mc.c)};
 
-    tensor_list<T, host_space> hw;
-    tensor_list<const T, host_space> hg;
-    tensor_list<T, device_space> dw;
-    tensor_list<const T, device_space> dg;
-    for (std::size_t i = 0; i < specs_.size(); ++i) {
-      const std::size_t n = specs_[i].n;
-      hw.add(host_.w.data() + w_pos_[i], n);
-      hg.add(host_.g.data() + g_pos_[i], n);
-      dw.add(dev_.w.data() + w_pos_[i], n);
-      dg.add(dev_.g.data() + g_pos_[i], n);
-    }
+    const test::tensor_views<T, host_space> hv(layout_, host_.w.data(), host_.g.data());
+    const test::tensor_views<T, device_space> dv(layout_, dev_.w.data(), dev_.g.data());
     // Streams the stage does not use are passed as null on both sides: a
     // kernel that touched one would fault instead of passing by luck.
-    constexpr bool step = has(S, ks::stage::local_step);
-    constexpr bool snap = has(S, ks::stage::write_snapshot) || has(S, ks::stage::merge_snapshot);
-    constexpr bool avg = has(S, ks::stage::merge);
-    constexpr int states = step ? E::state_count : 0;
-    pass_args<T, C, host_space> ha;
-    ha.weights = &hw;
-    ha.grads = step ? &hg : nullptr;
-    ha.offsets = offsets_.data();
-    ha.master = use_master ? host_.master.data() : nullptr;
-    ha.state[0] = states > 0 ? host_.s0.data() : nullptr;
-    ha.state[1] = states > 1 ? host_.s1.data() : nullptr;
-    ha.snapshot = snap ? host_.snap.data() : nullptr;
-    ha.average = avg ? host_.avg.data() : nullptr;
-    ha.merge = m;
-    pass_args<T, C, device_space> da;
-    da.weights = &dw;
-    da.grads = step ? &dg : nullptr;
-    da.offsets = offsets_.data();
-    da.master = use_master ? dev_.master.data() : nullptr;
-    da.state[0] = states > 0 ? dev_.s0.data() : nullptr;
-    da.state[1] = states > 1 ? dev_.s1.data() : nullptr;
-    da.snapshot = snap ? dev_.snap.data() : nullptr;
-    da.average = avg ? dev_.avg.data() : nullptr;
-    da.merge = m;
+    const auto ha = test::make_pass_args<S, E, C>(hv, layout_, host_, use_master, mc);
+    const auto da = test::make_pass_args<S, E, C>(dv, layout_, dev_, use_master, mc);
 
     host_backend().run<S>(ha, elem);
     const int launches = b.run_tuned<Policy, S>(da, elem);
@@ -211,23 +121,22 @@ class fixture {
   }
 
  private:
-  static std::size_t round_up(std::size_t x) { return (x + 15) / 16 * 16; }
-
   void upload(const cuda_backend& b) {
     b.copy_from_host(before_.w.data(), dev_.w.data(), before_.w.size());
     b.copy_from_host(before_.g.data(), dev_.g.data(), before_.g.size());
-    b.copy_from_host(before_.snap.data(), dev_.snap.data(), arena_);
-    b.copy_from_host(before_.avg.data(), dev_.avg.data(), arena_);
-    b.copy_from_host(before_.master.data(), dev_.master.data(), arena_);
-    b.copy_from_host(before_.s0.data(), dev_.s0.data(), arena_);
-    b.copy_from_host(before_.s1.data(), dev_.s1.data(), arena_);
+    b.copy_from_host(before_.snap.data(), dev_.snap.data(), layout_.arena);
+    b.copy_from_host(before_.avg.data(), dev_.avg.data(), layout_.arena);
+    b.copy_from_host(before_.master.data(), dev_.master.data(), layout_.arena);
+    b.copy_from_host(before_.s0.data(), dev_.s0.data(), layout_.arena);
+    b.copy_from_host(before_.s1.data(), dev_.s1.data(), layout_.arena);
   }
 
   /// Marks [start, start + n) of each tensor.
   std::vector<char> region_mask(std::size_t size, const std::vector<std::size_t>& starts) const {
     std::vector<char> mask(size, 0);
-    for (std::size_t i = 0; i < specs_.size(); ++i)
-      std::fill_n(mask.begin() + static_cast<std::ptrdiff_t>(starts[i]), specs_[i].n, char(1));
+    for (std::size_t i = 0; i < layout_.specs.size(); ++i)
+      std::fill_n(mask.begin() + static_cast<std::ptrdiff_t>(starts[i]), layout_.specs[i].n,
+                  char(1));
     return mask;
   }
 
@@ -263,25 +172,25 @@ class fixture {
   }
 
   void compare(const cuda_backend& b, const writes& wr, bool use_master) {
-    host_side<T, C> d;
+    test::host_buffers<T> d;
     d.w.resize(before_.w.size());
     d.g.resize(before_.g.size());
-    d.snap.resize(arena_);
-    d.avg.resize(arena_);
-    d.master.resize(arena_);
-    d.s0.resize(arena_);
-    d.s1.resize(arena_);
+    d.snap.resize(layout_.arena);
+    d.avg.resize(layout_.arena);
+    d.master.resize(layout_.arena);
+    d.s0.resize(layout_.arena);
+    d.s1.resize(layout_.arena);
     b.copy_to_host(dev_.w.data(), d.w.data(), d.w.size());
     b.copy_to_host(dev_.g.data(), d.g.data(), d.g.size());
-    b.copy_to_host(dev_.snap.data(), d.snap.data(), arena_);
-    b.copy_to_host(dev_.avg.data(), d.avg.data(), arena_);
-    b.copy_to_host(dev_.master.data(), d.master.data(), arena_);
-    b.copy_to_host(dev_.s0.data(), d.s0.data(), arena_);
-    b.copy_to_host(dev_.s1.data(), d.s1.data(), arena_);
+    b.copy_to_host(dev_.snap.data(), d.snap.data(), layout_.arena);
+    b.copy_to_host(dev_.avg.data(), d.avg.data(), layout_.arena);
+    b.copy_to_host(dev_.master.data(), d.master.data(), layout_.arena);
+    b.copy_to_host(dev_.s0.data(), d.s0.data(), layout_.arena);
+    b.copy_to_host(dev_.s1.data(), d.s1.data(), layout_.arena);
 
-    const std::vector<char> none_w(before_.w.size(), 0), none_a(arena_, 0);
-    const auto user_w = region_mask(before_.w.size(), w_pos_);
-    const auto arena = region_mask(arena_, offsets_);
+    const std::vector<char> none_w(before_.w.size(), 0), none_a(layout_.arena, 0);
+    const auto user_w = region_mask(before_.w.size(), layout_.w_pos);
+    const auto arena = region_mask(layout_.arena, layout_.offsets);
     compare_buffer("weights", d.w, host_.w, before_.w, wr.w ? user_w : none_w);
     compare_buffer("gradients", d.g, host_.g, before_.g, std::vector<char>(before_.g.size(), 0));
     compare_buffer("snapshot", d.snap, host_.snap, before_.snap, wr.snap ? arena : none_a);
@@ -293,10 +202,10 @@ class fixture {
     // Exact relations on the device itself (no tolerance): the snapshot is
     // the rounded new weight, and the weight is the rounded master.
     std::size_t snap_mismatch = 0, master_mismatch = 0;
-    for (std::size_t i = 0; i < specs_.size(); ++i) {
-      for (std::size_t j = 0; j < specs_[i].n; ++j) {
-        const T w = d.w[w_pos_[i] + j];
-        const std::size_t a = offsets_[i] + j;
+    for (std::size_t i = 0; i < layout_.specs.size(); ++i) {
+      for (std::size_t j = 0; j < layout_.specs[i].n; ++j) {
+        const T w = d.w[layout_.w_pos[i] + j];
+        const std::size_t a = layout_.offsets[i] + j;
         if (wr.snap && wr.w && !test::same_bits(d.snap[a], w)) ++snap_mismatch;
         if (wr.snap && !wr.w &&
             !test::same_bits(d.snap[a], use_master ? to_storage<T>(d.master[a]) : w))
@@ -308,35 +217,11 @@ class fixture {
     CHECK(master_mismatch == 0);
   }
 
-  std::vector<tensor_spec> specs_;
-  std::vector<std::size_t> w_pos_, g_pos_, offsets_;
-  std::size_t arena_ = 0;
-  host_side<T, C> before_, host_;
+  test::tensor_layout layout_;
+  test::host_buffers<T> before_, host_;
   device_side<T, C> dev_;
   cudaStream_t stream_ = nullptr;
 };
-
-struct optimizer_case {
-  const char* name;
-  std::variant<optim::sgd, optim::adamw> opt;
-  std::int64_t local_step;
-};
-
-const optimizer_case optimizer_cases[] = {
-    {"sgd+weight_decay", optim::sgd{.lr = 0.1, .weight_decay = 0.01}, 1},
-    {"momentum first step", optim::sgd{.lr = 0.1, .momentum = 0.9}, 0},
-    {"nesterov+weight_decay",
-     optim::sgd{.lr = 0.05, .momentum = 0.9, .weight_decay = 1e-3, .nesterov = true}, 2},
-    {"adamw", optim::adamw{.lr = 1e-2, .beta1 = 0.9, .beta2 = 0.99, .eps = 1e-6, .weight_decay = 0.1}, 3},
-};
-
-template <class C, class F>
-void with_element(const optimizer_case& oc, F&& f) {
-  std::visit([&](const auto& o) { o.template visit_element<C>(oc.local_step, f); }, oc.opt);
-}
-
-const merge_coefficients mix_coeffs{0.25, 0.75, 0.0};
-const merge_coefficients correct_coeffs{0.5, 0.7, -0.2};
 
 template <class T>
 void check_every_pass(fixture<T>& fx, bool use_master) {
