@@ -3,7 +3,7 @@
 # is missing. Usage: scripts/install-deps.sh [extra packages...]
 set -euo pipefail
 packages=(cmake ninja-build g++ doctest-dev libopenmpi-dev openmpi-bin libeigen3-dev
-          libcli11-dev zlib1g-dev libbenchmark-dev dataset-fashion-mnist "$@")
+          libcli11-dev zlib1g-dev dataset-fashion-mnist "$@")
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
