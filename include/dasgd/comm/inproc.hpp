@@ -52,6 +52,7 @@ struct inproc_part {
   std::size_t count = 0;
   std::uint32_t type = 0;
   const char* type_name = "";
+  std::size_t element_bytes = 0;
   std::uint64_t value = 0;
 };
 
@@ -132,7 +133,8 @@ class inproc_state {
       if (op->state == inproc_op::status::pending) {
         check_parts(*op);
         if (op->state == inproc_op::status::pending) {
-          const auto bytes = static_cast<double>(op->parts[0].count) * element_bytes(*op);
+          const auto bytes =
+              static_cast<double>(op->parts[0].count * op->parts[0].element_bytes);
           op->ready_at = std::chrono::steady_clock::now() + options_.simulated_latency;
           if (options_.simulated_bandwidth_bytes_per_second > 0.0)
             op->ready_at += std::chrono::duration_cast<std::chrono::steady_clock::duration>(
@@ -180,15 +182,6 @@ class inproc_state {
   }
 
  private:
-  static double element_bytes(const inproc_op& op) {
-    switch (op.parts[0].type) {
-      case 2: return 8.0;
-      case 3:
-      case 4: return 2.0;
-      default: return 4.0;
-    }
-  }
-
   bool finished(const inproc_op& op) const {
     if (op.state == inproc_op::status::failed)
       throw comm_error(op.error, __FILE__, __LINE__);
@@ -296,7 +289,7 @@ class inproc_communicator {
                   "iallreduce_average: send has ", send.size(), " elements but recv has ",
                   recv.size());
     detail::inproc_part part{send.data(), recv.data(), send.size(), type_id<T>::value,
-                             type_id<T>::name, 0};
+                             type_id<T>::name, sizeof(T), 0};
     return {state_, state_->post(rank_, detail::inproc_op::kind::average, part,
                                  &detail::reduce_average<T>)};
   }
