@@ -8,7 +8,7 @@
 #pragma once
 
 #include <dasgd/core/backend.hpp>
-#include <dasgd/core/delayed_averager.hpp>  // arena_offsets: the trainer's layout
+#include <dasgd/core/arena_layout.hpp>  // arena_offsets: the trainer's layout
 #include <dasgd/core/merge_rule.hpp>
 #include <dasgd/core/precision.hpp>
 #include <dasgd/core/tensor_list.hpp>

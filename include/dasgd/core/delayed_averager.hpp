@@ -25,6 +25,7 @@
 
 #include "../kernels/fused_element.hpp"
 #include "../kernels/host/host_backend.hpp"
+#include "arena_layout.hpp"
 #include "backend.hpp"
 #include "checkpoint.hpp"
 #include "communicator.hpp"
@@ -55,21 +56,6 @@ struct trainer_options {
 };
 
 namespace detail {
-
-/// Arena offsets: each tensor starts on a multiple of 16 elements so that
-/// vector loads stay aligned in every arena (storage and state types alike).
-inline std::vector<std::size_t> arena_offsets(const std::vector<std::size_t>& extents,
-                                              std::size_t& total) {
-  constexpr std::size_t align = 16;
-  std::vector<std::size_t> off(extents.size());
-  std::size_t pos = 0;
-  for (std::size_t i = 0; i < extents.size(); ++i) {
-    off[i] = pos;
-    pos += (extents[i] + align - 1) / align * align;
-  }
-  total = pos;
-  return off;
-}
 
 /// FNV-1a over the storage type and the tensor extents.
 inline std::uint64_t shape_hash(std::uint32_t type, const std::vector<std::size_t>& extents) {

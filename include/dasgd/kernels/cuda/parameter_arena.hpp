@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "../../core/arena_layout.hpp"
 #include "../../core/error.hpp"
 #include "../../core/tensor.hpp"
 #include "../../core/tensor_list.hpp"
@@ -25,16 +26,13 @@ template <class T>
 class device_parameter_arena {
  public:
   /// Elements between tensor starts are padding (zero, never touched by a pass).
-  static constexpr std::size_t alignment_elements = 16;
+  static constexpr std::size_t alignment_elements = detail::arena_alignment_elements;
 
   explicit device_parameter_arena(std::vector<std::size_t> extents, cudaStream_t stream = nullptr)
-      : extents_(std::move(extents)), offsets_(extents_.size()) {
-    std::size_t pos = 0;
-    for (std::size_t i = 0; i < extents_.size(); ++i) {
-      offsets_[i] = pos;
-      pos += (extents_[i] + alignment_elements - 1) / alignment_elements * alignment_elements;
-    }
-    storage_ = device_buffer<T>(pos, stream);
+      : extents_(std::move(extents)) {
+    std::size_t total = 0;
+    offsets_ = detail::arena_offsets(extents_, total);
+    storage_ = device_buffer<T>(total, stream);
   }
 
   std::size_t tensor_count() const noexcept { return extents_.size(); }
