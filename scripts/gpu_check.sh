@@ -35,6 +35,27 @@ if [[ "${1:-}" == "--prepare" ]]; then
     exit 1
   }
   echo "gpu_check.sh: doctest carried in $carry ($(du -sh "$carry" | cut -f1))"
+  # Build the CUDA targets here too (nvcc runs without a GPU) and carry the
+  # binaries: device time is then spent running, not compiling. The GPU
+  # machine falls back to building when a carried binary cannot load there.
+  pre="$root/.carry/prebuilt"
+  rm -rf "$pre" "$root/build-gpu-prebuilt"
+  mkdir -p "$pre"
+  cmake -S "$root" -B "$root/build-gpu-prebuilt" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_CUDA_ARCHITECTURES=90 -DDASGD_ENABLE_CUDA=ON -DDASGD_ENABLE_MPI=OFF \
+    -DDASGD_BUILD_EXAMPLES=OFF -DDASGD_BUILD_TESTS=ON -DDASGD_BUILD_BENCHMARKS=ON \
+    -Ddoctest_DIR="$carry/lib/cmake/doctest" >/dev/null &&
+    cmake --build "$root/build-gpu-prebuilt" -j "${JOBS:-$(nproc)}" --target \
+      dasgd.test.cuda.fused_kernel dasgd.test.cuda.trainer dasgd.test.cuda.half_functors \
+      dasgd.test.cuda.backend_checks dasgd_bench_update_kernels >/dev/null || {
+    echo "gpu_check.sh --prepare: building the CUDA targets failed" >&2
+    exit 1
+  }
+  find "$root/build-gpu-prebuilt" -maxdepth 3 -type f -perm -u+x \
+    \( -name 'dasgd.test.cuda.*' -o -name dasgd_bench_update_kernels \) -exec cp {} "$pre/" \;
+  git -C "$root" rev-parse --short HEAD >"$pre/COMMIT"
+  git -C "$root" diff --quiet HEAD -- include tests bench || echo "(with uncommitted changes)" >>"$pre/COMMIT"
+  echo "gpu_check.sh: $(ls "$pre" | grep -vc COMMIT) binaries carried in $pre ($(du -sh "$pre" | cut -f1))"
   exit 0
 fi
 
@@ -62,19 +83,20 @@ say "nvcc: ${nvcc_version:-not found}"
 
 # ---- NCCL: the toolkit's, else the one PyTorch's wheels ship ---------------------
 nccl_args=()
-if [[ ! -e /usr/local/cuda/include/nccl.h && ! -e /usr/include/nccl.h ]]; then
+nccl_root=""
+if [[ ! -e /usr/local/cuda/include/nccl.h && ! -e /usr/include/nccl.h ]] || [[ -d "$root/.carry/prebuilt" ]]; then
   nccl_root=$(python3 - <<'EOF' 2>/dev/null
 import glob, os, site
 paths = site.getsitepackages() + [site.getusersitepackages()]
 for p in paths:
-    for inc in glob.glob(os.path.join(p, "nvidia", "nccl*", "include", "nccl.h")):
-        print(os.path.dirname(os.path.dirname(inc)))
+    for lib in sorted(glob.glob(os.path.join(p, "nvidia", "**", "lib", "libnccl.so*"), recursive=True)):
+        print(os.path.dirname(os.path.dirname(lib)))
         raise SystemExit
 EOF
   )
-  if [[ -n "$nccl_root" ]]; then
+  if [[ -n "$nccl_root" && ! -e /usr/local/cuda/include/nccl.h && ! -e /usr/include/nccl.h ]]; then
     lib=$(ls "$nccl_root"/lib/libnccl.so* 2>/dev/null | head -n1)
-    if [[ -n "$lib" ]]; then
+    if [[ -n "$lib" && -e "$nccl_root/include/nccl.h" ]]; then
       nccl_args=(-DDASGD_NCCL_INCLUDE_DIR="$nccl_root/include" -DDASGD_NCCL_LIBRARY="$lib")
       export LD_LIBRARY_PATH="$nccl_root/lib:${LD_LIBRARY_PATH:-}"
       say "NCCL: from the Python wheel at $nccl_root"
@@ -82,63 +104,93 @@ EOF
   fi
 fi
 
-# ---- configure: CUDA targets only, sm_90 -----------------------------------------
-generator=(-G Ninja)
-command -v ninja >/dev/null || generator=()
-bench_dir="$root/bench/update_kernels"
-want_bench=OFF
-[[ -f "$bench_dir/CMakeLists.txt" ]] && want_bench=ON
-configure() {
-  cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
-    -DCMAKE_CUDA_ARCHITECTURES=90 -DDASGD_ENABLE_CUDA=ON -DDASGD_ENABLE_MPI=OFF \
-    -DDASGD_BUILD_EXAMPLES=OFF -DDASGD_BUILD_TESTS=ON -DDASGD_BUILD_BENCHMARKS="$1" \
-    -Ddoctest_DIR="$carry/lib/cmake/doctest" "${nccl_args[@]}" >>"$log" 2>&1
-}
-t=$SECONDS
-configured=0
-if configure "$want_bench"; then
-  configured=1
-elif [[ $want_bench == ON ]]; then
-  say "configure with benchmarks failed; retrying without them"
-  want_bench=OFF
-  rm -rf "$build"
-  configure OFF && configured=1
-fi
-if (( configured )); then
-  record configure PASS $((SECONDS - t)) "benchmarks $want_bench"
-else
-  record configure FAIL $((SECONDS - t)) "see gpu_check.log"
-fi
-say "configured in $((SECONDS - t)) s (benchmarks: $want_bench)"
-
-# ---- build --------------------------------------------------------------------------
+# ---- binaries built before the session (--prepare), when they load here ------------
 gpu_tests=(dasgd.test.cuda.fused_kernel dasgd.test.cuda.trainer)
 host_tests=(dasgd.test.cuda.half_functors dasgd.test.cuda.backend_checks)
 targets=("${gpu_tests[@]}" "${host_tests[@]}")
-[[ $want_bench == ON ]] && targets+=(dasgd_bench_update_kernels)
-t=$SECONDS
-built=()
-jobs=${JOBS:-16}
-if cmake --build "$build" -j "$jobs" --target "${targets[@]}" >>"$log" 2>&1; then
-  built=("${targets[@]}")
-  record build PASS $((SECONDS - t)) "${#targets[@]} targets"
-else
-  say "building all targets at once failed; building them one by one"
-  for tg in "${targets[@]}"; do
-    if cmake --build "$build" -j "$jobs" --target "$tg" >>"$log" 2>&1; then built+=("$tg"); fi
-  done
-  record build FAIL $((SECONDS - t)) "built: ${built[*]:-none}"
+prebuilt="$root/.carry/prebuilt"
+use_prebuilt=0
+if [[ -d "$prebuilt" ]]; then
+  missing=$(for tg in "${targets[@]}" dasgd_bench_update_kernels; do
+              [[ -x "$prebuilt/$tg" ]] || echo "$tg"; done)
+  if [[ -z "$missing" ]]; then
+    unresolved() { for tg in "${targets[@]}" dasgd_bench_update_kernels; do
+                     ldd "$prebuilt/$tg" 2>&1 | grep -E 'not found|version .* not found'; done; }
+    if [[ -n "$(unresolved)" && -n "$nccl_root" ]] && unresolved | grep -q libnccl; then
+      export LD_LIBRARY_PATH="$nccl_root/lib:${LD_LIBRARY_PATH:-}"
+      say "NCCL for the carried binaries: the Python wheel's at $nccl_root/lib"
+    fi
+    bad=$(unresolved | sort -u | tr '\n' ' ')
+    if [[ -z "$bad" ]]; then
+      use_prebuilt=1
+      say "using the carried binaries (built at $(tr '\n' ' ' <"$prebuilt/COMMIT"))"
+    else
+      say "carried binaries do not load here ($bad); building"
+    fi
+  else
+    say "carried binaries incomplete (missing: $(echo $missing)); building"
+  fi
 fi
-say "built in $((SECONDS - t)) s: ${built[*]:-nothing}"
+
+# ---- configure and build: CUDA targets only, sm_90 (unless carried) ----------------
+bench_dir="$root/bench/update_kernels"
+want_bench=OFF
+[[ -f "$bench_dir/CMakeLists.txt" ]] && want_bench=ON
+built=()
+if (( use_prebuilt )); then
+  built=("${targets[@]}" dasgd_bench_update_kernels)
+  record build PASS 0 "carried binaries, built before the session at $(head -n1 "$prebuilt/COMMIT")"
+  bin_of() { echo "$prebuilt/$1"; }
+else
+  generator=(-G Ninja)
+  command -v ninja >/dev/null || generator=()
+  configure() {
+    cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
+      -DCMAKE_CUDA_ARCHITECTURES=90 -DDASGD_ENABLE_CUDA=ON -DDASGD_ENABLE_MPI=OFF \
+      -DDASGD_BUILD_EXAMPLES=OFF -DDASGD_BUILD_TESTS=ON -DDASGD_BUILD_BENCHMARKS="$1" \
+      -Ddoctest_DIR="$carry/lib/cmake/doctest" "${nccl_args[@]}" >>"$log" 2>&1
+  }
+  t=$SECONDS
+  configured=0
+  if configure "$want_bench"; then
+    configured=1
+  elif [[ $want_bench == ON ]]; then
+    say "configure with benchmarks failed; retrying without them"
+    want_bench=OFF
+    rm -rf "$build"
+    configure OFF && configured=1
+  fi
+  if (( configured )); then
+    record configure PASS $((SECONDS - t)) "benchmarks $want_bench"
+  else
+    record configure FAIL $((SECONDS - t)) "see gpu_check.log"
+  fi
+  say "configured in $((SECONDS - t)) s (benchmarks: $want_bench)"
+
+  [[ $want_bench == ON ]] && targets+=(dasgd_bench_update_kernels)
+  t=$SECONDS
+  jobs=${JOBS:-16}
+  if cmake --build "$build" -j "$jobs" --target "${targets[@]}" >>"$log" 2>&1; then
+    built=("${targets[@]}")
+    record build PASS $((SECONDS - t)) "${#targets[@]} targets"
+  else
+    say "building all targets at once failed; building them one by one"
+    for tg in "${targets[@]}"; do
+      if cmake --build "$build" -j "$jobs" --target "$tg" >>"$log" 2>&1; then built+=("$tg"); fi
+    done
+    record build FAIL $((SECONDS - t)) "built: ${built[*]:-none}"
+  fi
+  say "built in $((SECONDS - t)) s: ${built[*]:-nothing}"
+  bin_of() { find "$build" -maxdepth 4 -type f -name "$1" -perm -u+x 2>/dev/null | head -n1; }
+fi
 is_built() { local x; for x in "${built[@]}"; do [[ $x == "$1" ]] && return 0; done; return 1; }
-bin_of() { find "$build" -maxdepth 4 -type f -name "$1" -perm -u+x 2>/dev/null | head -n1; }
 
 # ---- tests ----------------------------------------------------------------------------
 for tg in "${host_tests[@]}" "${gpu_tests[@]}"; do
   if ! is_built "$tg"; then record "$tg" FAIL 0 "not built"; continue; fi
   budget=$(left)
   if (( budget < 30 )); then record "$tg" SKIP 0 "out of time"; continue; fi
-  (( budget > 240 )) && budget=240
+  (( budget > 150 )) && budget=150
   say "running $tg"
   t=$SECONDS
   timeout "$budget" "$(bin_of "$tg")" >"$out/.test.log" 2>&1
@@ -168,7 +220,7 @@ elif (( $(left) < 60 )); then
   record memcheck SKIP 0 "out of time"
 else
   budget=$(left)
-  (( budget > 240 )) && budget=240
+  (( budget > 150 )) && budget=150
   say "compute-sanitizer memcheck on dasgd.test.cuda.fused_kernel (limit $budget s)"
   t=$SECONDS
   timeout "$budget" "$san" --tool memcheck --error-exitcode 99 --print-limit 20 \

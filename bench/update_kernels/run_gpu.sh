@@ -83,9 +83,11 @@ if [[ ${#csvs[@]} -gt 0 ]]; then
 fi
 
 # Optional: what limits one step+merge case (memory throughput vs peak).
-if [[ "${NCU:-0}" == 1 ]] && command -v ncu >/dev/null; then
-  say "run_gpu.sh: ncu on flat_16M/bf16/step_mix/adamw"
-  timeout 120 ncu --section SpeedOfLight --section MemoryWorkloadAnalysis -k regex:fused_update -c 2 \
+ncu_limit=$((budget - (SECONDS - t0) - 5))
+((ncu_limit > 120)) && ncu_limit=120
+if [[ "${NCU:-0}" == 1 ]] && command -v ncu >/dev/null && ((ncu_limit >= 30)); then
+  say "run_gpu.sh: ncu on flat_16M/bf16/step_mix/adamw (limit $ncu_limit s)"
+  timeout "$ncu_limit" ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis -k regex:fused_update -c 2 \
     "$bin" --mode gpu --layouts flat_16M --precisions bf16 --modes step_mix --optimizers adamw \
     --repeats 1 --warmup 0 --no-flush-l2 2>&1 | tail -n 80 | tee -a "$log"
 fi
