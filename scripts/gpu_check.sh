@@ -53,9 +53,12 @@ if [[ "${1:-}" == "--prepare" ]]; then
   }
   find "$root/build-gpu-prebuilt" -maxdepth 3 -type f -perm -u+x \
     \( -name 'dasgd.test.cuda.*' -o -name dasgd_bench_update_kernels \) -exec cp {} "$pre/" \;
+  # The CUDA runtime they link, in case the GPU image keeps its own elsewhere.
+  mkdir -p "$pre/lib"
+  cp -L "$(ldd "$pre/dasgd.test.cuda.fused_kernel" | awk '/libcudart/ {print $3}')" "$pre/lib/" || exit 1
   git -C "$root" rev-parse --short HEAD >"$pre/COMMIT"
   git -C "$root" diff --quiet HEAD -- include tests bench || echo "(with uncommitted changes)" >>"$pre/COMMIT"
-  echo "gpu_check.sh: $(ls "$pre" | grep -vc COMMIT) binaries carried in $pre ($(du -sh "$pre" | cut -f1))"
+  echo "gpu_check.sh: $(ls "$pre" | grep -c dasgd) binaries carried in $pre ($(du -sh "$pre" | cut -f1))"
   exit 0
 fi
 
@@ -119,6 +122,10 @@ if [[ -d "$prebuilt" ]]; then
     if [[ -n "$(unresolved)" && -n "$nccl_root" ]] && unresolved | grep -q libnccl; then
       export LD_LIBRARY_PATH="$nccl_root/lib:${LD_LIBRARY_PATH:-}"
       say "NCCL for the carried binaries: the Python wheel's at $nccl_root/lib"
+    fi
+    if unresolved | grep -q libcudart; then
+      export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$prebuilt/lib"
+      say "CUDA runtime for the carried binaries: the carried one"
     fi
     bad=$(unresolved | sort -u | tr '\n' ' ')
     if [[ -z "$bad" ]]; then
