@@ -43,7 +43,7 @@ if [[ "${1:-}" == "--prepare" ]]; then
   mkdir -p "$pre"
   cmake -S "$root" -B "$root/build-gpu-prebuilt" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_CUDA_ARCHITECTURES=90 -DDASGD_ENABLE_CUDA=ON -DDASGD_ENABLE_MPI=OFF \
-    -DDASGD_BUILD_EXAMPLES=OFF -DDASGD_BUILD_TESTS=ON -DDASGD_BUILD_BENCHMARKS=ON \
+    -DDASGD_BUILD_EXAMPLES=OFF -DDASGD_BUILD_TESTS=ON -DDASGD_BUILD_BENCHMARKS=ON -DDASGD_BENCH_TUNING_SWEEP=ON \
     -Ddoctest_DIR="$carry/lib/cmake/doctest" >/dev/null &&
     cmake --build "$root/build-gpu-prebuilt" -j "${JOBS:-$(nproc)}" --target \
       dasgd.test.cuda.fused_kernel dasgd.test.cuda.trainer dasgd.test.cuda.half_functors \
@@ -154,7 +154,7 @@ else
   configure() {
     cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
       -DCMAKE_CUDA_ARCHITECTURES=90 -DDASGD_ENABLE_CUDA=ON -DDASGD_ENABLE_MPI=OFF \
-      -DDASGD_BUILD_EXAMPLES=OFF -DDASGD_BUILD_TESTS=ON -DDASGD_BUILD_BENCHMARKS="$1" \
+      -DDASGD_BUILD_EXAMPLES=OFF -DDASGD_BUILD_TESTS=ON -DDASGD_BUILD_BENCHMARKS="$1" -DDASGD_BENCH_TUNING_SWEEP=ON \
       -Ddoctest_DIR="$carry/lib/cmake/doctest" "${nccl_args[@]}" >>"$log" 2>&1
   }
   t=$SECONDS
@@ -244,7 +244,23 @@ else
 fi
 
 # ---- update_kernels benchmark (bench/update_kernels/run_gpu.sh) ----------------------
-if [[ $want_bench == ON && -f "$bench_dir/run_gpu.sh" ]]; then
+# GPU_CHECK_SWEEP=1: time every kernel tuning of a sweep build instead (C++
+# only; fp32 and bf16 at >= 16M elements and on the model lists).
+if [[ "${GPU_CHECK_SWEEP:-0}" == 1 ]] && is_built dasgd_bench_update_kernels; then
+  mkdir -p "$out/bench"
+  budget=$(($(left) - 10))
+  say "update_kernels tuning sweep (limit $budget s)"
+  t=$SECONDS
+  timeout "$budget" "$(bin_of dasgd_bench_update_kernels)" --mode gpu --tunings all \
+    --layouts flat_16M,flat_128M,resnet50,gpt2_small --precisions fp32,bf16 \
+    --csv "$out/bench/update_kernels_sweep.csv" >"$out/bench/update_kernels_sweep.log" 2>&1
+  rc=$?
+  case $rc in
+    0) record sweep PASS $((SECONDS - t)) "bench/update_kernels_sweep.csv" ;;
+    *) record sweep FAIL $((SECONDS - t)) "exit $rc; see bench/update_kernels_sweep.log" ;;
+  esac
+  say "sweep: exit $rc in $((SECONDS - t)) s"
+elif [[ $want_bench == ON && -f "$bench_dir/run_gpu.sh" ]]; then
   if ! is_built dasgd_bench_update_kernels; then
     record bench FAIL 0 "benchmark not built"
   elif (( $(left) < 60 )); then

@@ -47,7 +47,8 @@ def main(argv=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in read_rows(a.csv) if r["mode"] == a.mode]
+    # Tuning-sweep rows ("dasgd-cuda@<tuning>") are for the sweep table, not the plot.
+    rows = [r for r in read_rows(a.csv) if r["mode"] == a.mode and "@" not in r["impl"]]
     if not rows:
         sys.exit(f"no rows with mode '{a.mode}' in {', '.join(a.csv)}")
     optimizers = sorted({r["optimizer"] for r in rows}, key=["sgdm", "adamw"].index)

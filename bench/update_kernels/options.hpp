@@ -3,6 +3,7 @@
 // toolkit but no CLI11, and the benchmark must build there unchanged.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <sstream>
 #include <string>
@@ -11,6 +12,7 @@
 #include <dasgd/core/error.hpp>
 
 #include "bench_case.hpp"
+#include "tunings.hpp"
 
 namespace dasgd::bench {
 
@@ -22,6 +24,7 @@ struct options {
   std::vector<std::string> precisions;  ///< empty: the mode's default
   std::vector<std::string> modes{"step", "step_snapshot", "step_mix", "step_additive"};
   std::vector<std::string> optimizers{"sgdm", "adamw"};
+  std::vector<std::string> tunings{"default"};  ///< gpu: kernel tuning policies to time
   std::vector<int> threads;  ///< host: worker threads per measurement; empty: 1 and all cores
   int warmup = -1;           ///< passes before timing; -1: the mode's default
   int repeats = -1;          ///< timed samples (at least); -1: the mode's default
@@ -44,6 +47,8 @@ inline const char* usage_text() {
          "  --modes M,...        step, step_snapshot, step_mix, step_additive (default all)\n"
          "  --optimizers O,...   sgdm, adamw (default both)\n"
          "  --threads T,...      host: threads per measurement (default 1 and all cores)\n"
+         "  --tunings N,...      gpu: kernel tunings to time, or 'all' (default: default;\n"
+         "                       the others need a -DDASGD_BENCH_TUNING_SWEEP=ON build)\n"
          "  --warmup N           passes before timing (host 1, gpu 5)\n"
          "  --repeats N          timed samples, median reported (host >= 5, gpu 25)\n"
          "  --min-seconds S      host: sample until the fused loop ran S seconds (0.2)\n"
@@ -124,6 +129,9 @@ inline options parse_options(int argc, const char* const* argv) {
       o.modes = detail::split_list(next(), flag);
     } else if (flag == "--optimizers") {
       o.optimizers = detail::split_list(next(), flag);
+    } else if (flag == "--tunings") {
+      o.tunings = detail::split_list(next(), flag);
+      if (o.tunings == std::vector<std::string>{"all"}) o.tunings = tuning_names();
     } else if (flag == "--threads") {
       o.threads.clear();
       for (const auto& t : detail::split_list(next(), flag))
@@ -169,6 +177,10 @@ inline options parse_options(int argc, const char* const* argv) {
   }
   for (const auto& m : o.modes) (void)mode_by_name(m);
   for (const auto& x : o.optimizers) (void)optimizer_by_name(x);
+  const auto known = tuning_names();
+  for (const auto& t : o.tunings)
+    DASGD_REQUIRE(std::find(known.begin(), known.end(), t) != known.end(), config_error,
+                  "unknown tuning '", t, "'", available_tunings_note());
   return o;
 }
 

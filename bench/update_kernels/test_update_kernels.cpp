@@ -93,6 +93,10 @@ TEST_CASE("options: defaults per mode and errors naming the bad value") {
   CHECK_THROWS_AS(parse({"--repeats", "3x"}), dasgd::config_error);
   CHECK_THROWS_AS(parse({"--modes", "step,merge"}), dasgd::config_error);
   CHECK_THROWS_AS(parse({"--layouts"}), dasgd::config_error);
+  CHECK(g.tunings == std::vector<std::string>{"default"});
+  CHECK(parse({"--mode", "gpu", "--tunings", "all"}).tunings == tuning_names());
+  CHECK_THROWS_WITH_AS(parse({"--mode", "gpu", "--tunings", "default,t9_fast"}),
+                       doctest::Contains("'t9_fast'"), dasgd::config_error);
 }
 
 TEST_CASE("median") {

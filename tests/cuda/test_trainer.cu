@@ -242,7 +242,15 @@ void check_identity_average(comm::nccl_communicator& c, cudaStream_t s, std::siz
   std::vector<T> got(n);
   b.copy_to_host(recv.data(), got.data(), n);  // queued on the compute stream
   std::size_t bad = 0;
-  for (std::size_t i = 0; i < n; ++i) bad += !test::same_bits(got[i], pinned[i]);
+  std::string first;  // the first mismatches, to tell a rounding from an ordering fault
+  for (std::size_t i = 0; i < n; ++i) {
+    if (test::same_bits(got[i], pinned[i])) continue;
+    if (++bad <= 4)
+      first += ::dasgd::detail::concat(" [", i, "] got ", test::as_double(got[i]), " (0x", std::hex,
+                                       test::bits_of(got[i]), std::dec, ") want ",
+                                       test::as_double(pinned[i]), ";");
+  }
+  INFO("mismatches:", first);
   CHECK(bad == 0);
   // A completed request stays complete.
   CHECK(req.test());

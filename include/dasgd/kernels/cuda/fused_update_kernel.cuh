@@ -10,10 +10,16 @@
 // the kernel parameter, so a launch needs no device-side metadata and no
 // tensor is ever split across launches.
 //
-// Per chunk, a block takes the vector path (16-byte loads and stores of
-// every stream it touches, then a scalar tail) when every pointer it
-// touches is 16-byte aligned at the chunk start, and a scalar path
-// otherwise. Arenas are always aligned; user tensors need not be.
+// Per chunk, a block takes the vector path (V elements of every stream per
+// access, then a scalar tail) when every pointer it touches is aligned to
+// its access width at the chunk start, and a scalar path otherwise. Arenas
+// are always aligned; user tensors need not be. V is set by the widest
+// stream: 16 bytes of it per access. With 16-bit storage and fp32 state
+// that is V = 4 (8-byte storage accesses): a warp's accesses then cover
+// whole contiguous sectors in every stream. V = 8 would give each thread 32
+// bytes of each fp32 stream, split into two half-used accesses per warp,
+// which measured 0.74-0.90 of copy bandwidth on an H200 against 0.91-0.99
+// for fp32 storage (bench/results, 2026-11-26).
 //
 // Element math: kernels::fused_element, the same function the host backend
 // runs, on values converted to compute precision. The semantics mirror
@@ -100,8 +106,9 @@ DASGD_UNROLL
   *reinterpret_cast<packed<T, V>*>(p) = x;
 }
 
-DASGD_HOST_DEVICE bool aligned16(const void* p) {
-  return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0;
+template <std::size_t Bytes>
+DASGD_HOST_DEVICE bool aligned_to(const void* p) {
+  return (reinterpret_cast<std::uintptr_t>(p) & (Bytes - 1)) == 0;
 }
 
 /// One chunk's streams, already advanced to the chunk start. Pointers of
@@ -139,31 +146,45 @@ DASGD_UNROLL
   }
 }
 
-/// Vector path: elements [0, groups * V) of an aligned chunk, 16 bytes of
-/// every storage stream per thread and iteration.
-template <stage S, bool UseMaster, class E, class Storage, class C>
+/// Vector path: elements [0, groups * V) of an aligned chunk, V elements
+/// of every stream per thread and access. Each iteration loads U groups
+/// (strided by the block size, so a warp's accesses stay contiguous) before
+/// computing any: more independent loads in flight per thread.
+template <stage S, bool UseMaster, int V, int U, class E, class Storage, class C>
 DASGD_HOST_DEVICE void chunk_vector(const chunk_streams<Storage, C>& p, std::uint32_t groups,
                                     const E& e, const merge_coeffs<C>& m, std::uint32_t thread,
                                     std::uint32_t threads) {
   using use = stream_use<S, UseMaster, E::state_count>;
-  constexpr int V = static_cast<int>(16 / sizeof(Storage));
-  for (std::uint32_t i = thread; i < groups; i += threads) {
-    const std::size_t j = static_cast<std::size_t>(i) * V;
-    C w[V] = {}, g[V] = {}, s0[V] = {}, s1[V] = {}, avg[V] = {}, snap[V] = {};
-    Storage ws[V];
-    if constexpr (UseMaster) load_vector(p.master + j, w);
-    else load_vector(p.w + j, w);
-    if constexpr (use::reads_g) load_vector(p.g + j, g);
-    if constexpr (use::states > 0) load_vector(p.s0 + j, s0);
-    if constexpr (use::states > 1) load_vector(p.s1 + j, s1);
-    if constexpr (use::reads_avg) load_vector(p.avg + j, avg);
-    if constexpr (use::reads_snap) load_vector(p.snap + j, snap);
-    compute_fragment<S, E, Storage>(e, m, w, g, s0, s1, avg, snap, ws);
-    if constexpr (use::states > 0) store_vector(p.s0 + j, s0);
-    if constexpr (use::states > 1) store_vector(p.s1 + j, s1);
-    if constexpr (UseMaster && use::writes_w) store_vector(p.master + j, w);
-    if constexpr (use::writes_w) store_vector(p.w + j, ws);
-    if constexpr (use::writes_snap) store_vector(p.snap + j, ws);
+  for (std::uint32_t base = thread; base < groups; base += threads * U) {
+    C w[U][V] = {}, g[U][V] = {}, s0[U][V] = {}, s1[U][V] = {}, avg[U][V] = {}, snap[U][V] = {};
+    Storage ws[U][V];
+    bool in[U];
+DASGD_UNROLL
+    for (int u = 0; u < U; ++u) {
+      // 64-bit: base + u * threads may pass 2^32 only past `groups`.
+      const std::uint64_t i = base + static_cast<std::uint64_t>(u) * threads;
+      in[u] = i < groups;
+      if (!in[u]) continue;
+      const std::size_t j = static_cast<std::size_t>(i) * V;
+      if constexpr (UseMaster) load_vector(p.master + j, w[u]);
+      else load_vector(p.w + j, w[u]);
+      if constexpr (use::reads_g) load_vector(p.g + j, g[u]);
+      if constexpr (use::states > 0) load_vector(p.s0 + j, s0[u]);
+      if constexpr (use::states > 1) load_vector(p.s1 + j, s1[u]);
+      if constexpr (use::reads_avg) load_vector(p.avg + j, avg[u]);
+      if constexpr (use::reads_snap) load_vector(p.snap + j, snap[u]);
+    }
+DASGD_UNROLL
+    for (int u = 0; u < U; ++u) {
+      if (!in[u]) continue;
+      compute_fragment<S, E, Storage>(e, m, w[u], g[u], s0[u], s1[u], avg[u], snap[u], ws[u]);
+      const std::size_t j = static_cast<std::size_t>(base + static_cast<std::uint64_t>(u) * threads) * V;
+      if constexpr (use::states > 0) store_vector(p.s0 + j, s0[u]);
+      if constexpr (use::states > 1) store_vector(p.s1 + j, s1[u]);
+      if constexpr (UseMaster && use::writes_w) store_vector(p.master + j, w[u]);
+      if constexpr (use::writes_w) store_vector(p.w + j, ws[u]);
+      if constexpr (use::writes_snap) store_vector(p.snap + j, ws[u]);
+    }
   }
 }
 
@@ -230,9 +251,15 @@ DASGD_HOST_DEVICE void update_block(const fused_update_params<Storage, C, E, Max
                                     std::uint32_t threads) {
   static_assert(fused_update_policy<Policy>, "invalid fused_update_tuning");
   static_assert(16 % sizeof(Storage) == 0, "storage type size must divide 16 bytes");
+  static_assert(16 % sizeof(C) == 0, "compute type size must divide 16 bytes");
   constexpr fused_update_tuning Tuning = Policy::tuning;
   using use = stream_use<S, UseMaster, E::state_count>;
-  constexpr std::uint32_t V = 16 / sizeof(Storage);
+  // 16 bytes of the widest stream per access (see the file comment).
+  constexpr bool compute_streams = UseMaster || use::states > 0;
+  constexpr std::size_t widest =
+      compute_streams && sizeof(C) > sizeof(Storage) ? sizeof(C) : sizeof(Storage);
+  constexpr int V = static_cast<int>(16 / widest);
+  constexpr std::size_t storage_align = V * sizeof(Storage), compute_align = V * sizeof(C);
 
   const int t = tensor_of_block(p, block);
   const std::size_t begin = static_cast<std::size_t>(block - p.first_block[t]) * Tuning.chunk_elements;
@@ -245,36 +272,37 @@ DASGD_HOST_DEVICE void update_block(const fused_update_params<Storage, C, E, Max
   bool aligned = true;
   if constexpr (use::touches_w) {
     s.w = p.weights[t] + begin;
-    aligned = aligned && aligned16(s.w);
+    aligned = aligned && aligned_to<storage_align>(s.w);
   }
   if constexpr (UseMaster) {
     s.master = p.master + off;
-    aligned = aligned && aligned16(s.master);
+    aligned = aligned && aligned_to<compute_align>(s.master);
   }
   if constexpr (use::reads_g) {
     s.g = p.grads[t] + begin;
-    aligned = aligned && aligned16(s.g);
+    aligned = aligned && aligned_to<storage_align>(s.g);
   }
   if constexpr (use::states > 0) {
     s.s0 = p.state0 + off;
-    aligned = aligned && aligned16(s.s0);
+    aligned = aligned && aligned_to<compute_align>(s.s0);
   }
   if constexpr (use::states > 1) {
     s.s1 = p.state1 + off;
-    aligned = aligned && aligned16(s.s1);
+    aligned = aligned && aligned_to<compute_align>(s.s1);
   }
   if constexpr (use::touches_snap) {
     s.snap = p.snapshot + off;
-    aligned = aligned && aligned16(s.snap);
+    aligned = aligned && aligned_to<storage_align>(s.snap);
   }
   if constexpr (use::reads_avg) {
     s.avg = p.average + off;
-    aligned = aligned && aligned16(s.avg);
+    aligned = aligned && aligned_to<storage_align>(s.avg);
   }
 
   if (aligned) {
     const std::uint32_t groups = len / V;
-    chunk_vector<S, UseMaster>(s, groups, p.element, p.merge, thread, threads);
+    chunk_vector<S, UseMaster, V, Tuning.vector_unroll>(s, groups, p.element, p.merge, thread,
+                                                        threads);
     chunk_scalar<S, UseMaster, 1>(s, groups * V, len, p.element, p.merge, thread, threads);
   } else {
     chunk_scalar<S, UseMaster, 4>(s, 0, len, p.element, p.merge, thread, threads);

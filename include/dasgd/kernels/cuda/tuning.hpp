@@ -24,12 +24,16 @@ struct fused_update_tuning {
   /// Tensors per launch: bounds the chunk table, which travels by value as
   /// a kernel parameter, to the classic 4 KB parameter limit.
   int max_tensors_per_launch = 96;
+  /// Vector groups each thread loads before computing (1, 2 or 4): more
+  /// independent loads in flight per thread.
+  int vector_unroll = 1;
 
   friend constexpr bool operator==(const fused_update_tuning&, const fused_update_tuning&) = default;
   friend std::ostream& operator<<(std::ostream& os, const fused_update_tuning& t) {
     return os << "{threads_per_block=" << t.threads_per_block
               << ", chunk_elements=" << t.chunk_elements
-              << ", max_tensors_per_launch=" << t.max_tensors_per_launch << "}";
+              << ", max_tensors_per_launch=" << t.max_tensors_per_launch
+              << ", vector_unroll=" << t.vector_unroll << "}";
   }
 };
 
@@ -37,7 +41,8 @@ struct fused_update_tuning {
 constexpr bool valid_tuning(const fused_update_tuning& t) {
   return t.threads_per_block >= 32 && t.threads_per_block <= 1024 &&
          t.threads_per_block % 32 == 0 && t.chunk_elements >= 16 && t.chunk_elements % 16 == 0 &&
-         t.chunk_elements <= (std::size_t{1} << 30) && t.max_tensors_per_launch >= 1;
+         t.chunk_elements <= (std::size_t{1} << 30) && t.max_tensors_per_launch >= 1 &&
+         (t.vector_unroll == 1 || t.vector_unroll == 2 || t.vector_unroll == 4);
 }
 
 /// A type carrying a valid tuning as `static constexpr fused_update_tuning tuning`.
