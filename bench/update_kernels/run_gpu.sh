@@ -86,10 +86,11 @@ fi
 ncu_limit=$((budget - (SECONDS - t0) - 5))
 ((ncu_limit > 120)) && ncu_limit=120
 if [[ "${NCU:-0}" == 1 ]] && command -v ncu >/dev/null && ((ncu_limit >= 30)); then
-  say "run_gpu.sh: ncu on flat_16M/bf16/step_mix/adamw (limit $ncu_limit s)"
-  timeout "$ncu_limit" ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis -k regex:fused_update -c 2 \
-    "$bin" --mode gpu --layouts flat_16M --precisions bf16 --modes step_mix --optimizers adamw \
-    --repeats 1 --warmup 0 --no-flush-l2 2>&1 | tail -n 80 | tee -a "$log"
+  say "run_gpu.sh: ncu on flat_16M/bf16/step_additive/adamw (limit $ncu_limit s)"
+  timeout "$ncu_limit" ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis \
+    --section LaunchStats --section Occupancy -k regex:fused_update -c 1 \
+    "$bin" --mode gpu --layouts flat_16M --precisions bf16 --modes step_additive --optimizers adamw \
+    --repeats 1 --warmup 0 --no-flush-l2 2>&1 | tail -n 90 | tee -a "$log"
 fi
 
 if [[ $rc -ne 0 ]]; then exit "$rc"; fi

@@ -41,6 +41,15 @@ struct tiny {
   static constexpr kc::fused_update_tuning tuning{
       .threads_per_block = 32, .chunk_elements = 64, .max_tensors_per_launch = 3};
 };
+/// The same with one and four vector groups per thread per iteration.
+struct tiny_unroll1 {
+  static constexpr kc::fused_update_tuning tuning{.threads_per_block = 32, .chunk_elements = 64,
+                                                  .max_tensors_per_launch = 3, .vector_unroll = 1};
+};
+struct tiny_unroll4 {
+  static constexpr kc::fused_update_tuning tuning{.threads_per_block = 32, .chunk_elements = 256,
+                                                  .max_tensors_per_launch = 3, .vector_unroll = 4};
+};
 }  // namespace policies
 
 /// One user tensor: its size and how many elements its weight and gradient

@@ -43,13 +43,14 @@ static_assert(std::is_same_v<cuda_backend::buffer<float>, device_buffer<float>>)
 static_assert(!std::is_copy_constructible_v<device_buffer<float>>);
 static_assert(std::is_nothrow_move_constructible_v<device_buffer<float>>);
 
-// The default table fits the portable 4 KB kernel parameter limit for the
-// largest element functor (double SGD with momentum).
+// The default table fits the 32764-byte kernel parameter limit (CUDA 12.1,
+// sm_70 and newer) for the largest element functor (double SGD with
+// momentum).
 template <class S, class C, class E>
 constexpr std::size_t param_bytes =
     sizeof(kc::fused_update_params<S, C, E, kc::default_fused_update_policy::tuning.max_tensors_per_launch>);
-static_assert(param_bytes<double, double, optim::sgd_element<double, true>> <= 4096);
-static_assert(param_bytes<__half, float, optim::adamw_element<float>> <= 4096);
+static_assert(param_bytes<double, double, optim::sgd_element<double, true>> <= 32764);
+static_assert(param_bytes<__half, float, optim::adamw_element<float>> <= 32764);
 
 static_assert(kc::fused_update_policy<kc::default_fused_update_policy>);
 static_assert(kc::fused_update_policy<tiny_policy>);

@@ -278,7 +278,8 @@ TEST_CASE("fused kernel matches the host backend in double precision") {
 
 TEST_CASE("one pass over 1 to 1000 tensors crosses chunk-table boundaries") {
   constexpr int per_launch = kc::default_fused_update_policy::tuning.max_tensors_per_launch;
-  for (std::size_t count : {1ul, 7ul, 95ul, 96ul, 97ul, 110ul, 111ul, 1000ul}) {
+  constexpr std::size_t pl = per_launch;
+  for (std::size_t count : {1ul, 7ul, pl - 1, pl, pl + 1, 2 * pl + 14, 1000ul}) {
     INFO(count, " tensors");
     {
       fixture<__nv_bfloat16> fx(random_specs(count, static_cast<std::uint32_t>(count)));
@@ -308,6 +309,22 @@ TEST_CASE("a tiny tuning policy: many chunks per tensor and many launches per pa
     });
     CHECK(fx.run_and_compare<ks::mix_only, policies::tiny>(ks::no_step_element<float>{}, mix_coeffs,
                                                             master) == expected);
+    with_element<float>(optimizer_cases[1], [&](const auto& e) {
+      CHECK(fx.run_and_compare<ks::step_and_mix, policies::tiny_unroll1>(e, mix_coeffs, master) ==
+            expected);
+    });
+  }
+}
+
+TEST_CASE("four vector groups per thread: partial iterations at every chunk end") {
+  fixture<__nv_bfloat16> fx(standard_specs());
+  const auto expected = int((fx.nonempty_tensors() + 2) / 3);
+  for (bool master : {false, true}) {
+    INFO("master ", master);
+    with_element<float>(optimizer_cases[3], [&](const auto& e) {
+      CHECK(fx.run_and_compare<ks::step_and_correct, policies::tiny_unroll4>(e, correct_coeffs,
+                                                                             master) == expected);
+    });
   }
 }
 

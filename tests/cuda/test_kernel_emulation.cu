@@ -139,16 +139,36 @@ TEST_CASE("emulated kernel with a tiny policy: many chunks and tables") {
   }
 }
 
-TEST_CASE("emulated kernel over 1000 small tensors (11 chunk tables)") {
+TEST_CASE("emulated kernel over 1000 small tensors (several chunk tables)") {
+  constexpr std::size_t pl = kc::default_fused_update_policy::tuning.max_tensors_per_launch;
   emulation<__nv_bfloat16> em(many_small_specs(1000, 5));
-  const int tables = int((em.nonempty() + 95) / 96);
-  CHECK(tables >= 10);
+  const int tables = int((em.nonempty() + pl - 1) / pl);
+  CHECK(tables >= 3);
   with_element<float>(optimizer_cases[3], [&](const auto& e) {
     CHECK(em.check<ks::step_and_correct>(e, correct_coeffs, true) == tables);
     CHECK(em.check<ks::plain_step>(e, {}, false) == tables);
   });
   emulation<float> ef(many_small_specs(1000, 6));
   with_element<float>(optimizer_cases[2], [&](const auto& e) {
-    CHECK(ef.check<ks::step_and_mix>(e, mix_coeffs, false) == int((ef.nonempty() + 95) / 96));
+    CHECK(ef.check<ks::step_and_mix>(e, mix_coeffs, false) == int((ef.nonempty() + pl - 1) / pl));
+  });
+}
+
+TEST_CASE("emulated kernel with one and four vector groups per thread") {
+  emulation<__nv_bfloat16> em(standard_specs());
+  const int tables = int((em.nonempty() + 2) / 3);
+  for (bool master : {false, true}) {
+    with_element<float>(optimizer_cases[3], [&](const auto& e) {
+      CHECK(em.check<ks::step_and_correct, policies::tiny_unroll1>(e, correct_coeffs, master) == tables);
+      CHECK(em.check<ks::step_and_correct, policies::tiny_unroll4>(e, correct_coeffs, master) == tables);
+    });
+    with_element<float>(optimizer_cases[2], [&](const auto& e) {
+      CHECK(em.check<ks::step_and_mix, policies::tiny_unroll4>(e, mix_coeffs, master) == tables);
+    });
+  }
+  emulation<float> ef(standard_specs());
+  with_element<float>(optimizer_cases[1], [&](const auto& e) {
+    CHECK(ef.check<ks::step_and_snapshot, policies::tiny_unroll4>(e, {}, false) ==
+          int((ef.nonempty() + 2) / 3));
   });
 }

@@ -225,7 +225,12 @@ class nccl_state {
       ncclResult_t r;
       {
         std::lock_guard nl(nccl_mutex_);
-        r = ncclAllReduce(send, recv, count, type, ncclAvg, comm_, comm_stream_);
+        // One rank: the sum of one value is its average, and NCCL runs a
+        // one-rank sum as a copy. Its one-rank ncclAvg kernel (NCCL 2.28.9)
+        // left the last 3 elements of a 1000003-double out-of-place buffer
+        // unwritten on an H200 (tests/cuda/test_trainer.cu caught it).
+        const ncclRedOp_t op = size_ == 1 ? ncclSum : ncclAvg;
+        r = ncclAllReduce(send, recv, count, type, op, comm_, comm_stream_);
       }
       if (r != ncclSuccess)
         DASGD_THROW(comm_error, "ncclAllReduce of ", count, " elements failed: ", nccl_message(r, comm_));
