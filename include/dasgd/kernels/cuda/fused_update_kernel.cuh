@@ -314,7 +314,7 @@ DASGD_HOST_DEVICE void update_block(const fused_update_params<Storage, C, E, Max
 /// StageBits is the stage set as an integer: nvcc 13's host stubs cannot
 /// spell a scoped-enum template argument that names no single enumerator.
 template <class Policy, unsigned StageBits, bool UseMaster, class E, class Storage, class C>
-__global__ void __launch_bounds__(Policy::tuning.threads_per_block)
+__global__ void __launch_bounds__(Policy::tuning.threads_per_block, Policy::tuning.min_blocks_per_sm)
     fused_update_kernel(const fused_update_params<Storage, C, E, Policy::tuning.max_tensors_per_launch> p) {
   detail::update_block<Policy, static_cast<stage>(StageBits), UseMaster>(p, blockIdx.x, threadIdx.x,
                                                                          blockDim.x);

@@ -30,13 +30,18 @@ struct fused_update_tuning {
   /// Vector groups each thread loads before computing (1, 2 or 4): more
   /// independent loads in flight per thread.
   int vector_unroll = 2;
+  /// Blocks each multiprocessor must be able to hold at once (the second
+  /// argument of __launch_bounds__): above 1 it caps the registers per
+  /// thread, trading spills for occupancy.
+  int min_blocks_per_sm = 2;
 
   friend constexpr bool operator==(const fused_update_tuning&, const fused_update_tuning&) = default;
   friend std::ostream& operator<<(std::ostream& os, const fused_update_tuning& t) {
     return os << "{threads_per_block=" << t.threads_per_block
               << ", chunk_elements=" << t.chunk_elements
               << ", max_tensors_per_launch=" << t.max_tensors_per_launch
-              << ", vector_unroll=" << t.vector_unroll << "}";
+              << ", vector_unroll=" << t.vector_unroll
+              << ", min_blocks_per_sm=" << t.min_blocks_per_sm << "}";
   }
 };
 
@@ -45,7 +50,8 @@ constexpr bool valid_tuning(const fused_update_tuning& t) {
   return t.threads_per_block >= 32 && t.threads_per_block <= 1024 &&
          t.threads_per_block % 32 == 0 && t.chunk_elements >= 16 && t.chunk_elements % 16 == 0 &&
          t.chunk_elements <= (std::size_t{1} << 30) && t.max_tensors_per_launch >= 1 &&
-         (t.vector_unroll == 1 || t.vector_unroll == 2 || t.vector_unroll == 4);
+         (t.vector_unroll == 1 || t.vector_unroll == 2 || t.vector_unroll == 4) &&
+         t.min_blocks_per_sm >= 1 && t.threads_per_block * t.min_blocks_per_sm <= 2048;
 }
 
 /// A type carrying a valid tuning as `static constexpr fused_update_tuning tuning`.
