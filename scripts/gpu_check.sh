@@ -2,7 +2,8 @@
 # The one command a GPU session runs (docs/cuda.md): configure and build only
 # the CUDA targets for sm_90, run the GPU tests, compute-sanitizer memcheck on
 # the kernel test, the update_kernels benchmark when present, and write a
-# summary. Budget: about 8 minutes on an H100/H200 with 16 cores.
+# summary. Measured on an H200: 194-229 s with carried binaries (benchmark and
+# PyTorch comparison 144-175 s of it), 101-117 s with GPU_CHECK_SWEEP=1.
 #
 #   bash scripts/gpu_check.sh --prepare   # here, before the session: carry doctest
 #   bash scripts/gpu_check.sh             # on the GPU machine (device tool, carry [".carry"])
@@ -293,7 +294,13 @@ awk -F'\t' '$2 == "FAIL" { found = 1 } END { exit !found }' "$results" && status
   echo
   echo "- GPU: ${gpu:-unknown}"
   echo "- nvcc: ${nvcc_version:-unknown}; CUDA architectures: 90"
-  echo "- commit: $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$root" diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+  # The device copy's git HEAD is the session's starting commit (later
+  # commits travel as uncommitted changes): name the carried binaries' commit.
+  if (( use_prebuilt )); then
+    echo "- commit: $(tr '\n' ' ' <"$prebuilt/COMMIT")(carried binaries)"
+  else
+    echo "- commit: $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$root" diff --quiet 2>/dev/null || echo ' (with uncommitted changes)')"
+  fi
   echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ); total time: ${total} s; overall: $status"
   echo
   echo "| step | result | seconds | detail |"

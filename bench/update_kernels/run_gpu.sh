@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The update benchmark's GPU session, in one go (about 4 minutes on an H100):
+# The update benchmark's GPU session, in one go (144-175 s on an H200, most of it torch.compile):
 #   1. dasgd_bench_update_kernels --mode gpu      (C++: fused pass vs device copy)
 #   2. scripts/bench_pytorch_update.py            (PyTorch fused/foreach/compile, joined with 1)
 #   3. scripts/plot_update_kernels.py             (bandwidth against size, per precision)
@@ -51,7 +51,7 @@ budget=${BENCH_BUDGET_S:-300}
 t0=$SECONDS
 cpp_limit=$((budget * 2 / 5 < 180 ? budget * 2 / 5 : 180))
 
-# 1. C++ harness (the full default sweep: 120 cases, about 30 s on an H100).
+# 1. C++ harness (the full default sweep: 120 cases, 7-8 s on an H200).
 start=$SECONDS
 # shellcheck disable=SC2086
 timeout "$cpp_limit" "$bin" --mode gpu --csv "$out/update_kernels_gpu.csv" ${CPP_ARGS:-} 2>&1 | tee -a "$log"

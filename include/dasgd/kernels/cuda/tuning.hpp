@@ -61,13 +61,14 @@ concept fused_update_policy = requires {
 } && valid_tuning(P::tuning);
 
 /// The policy the backend uses unless told otherwise: 512 threads, 16Ki-
-/// element chunks, 320 tensors per launch, two vector groups per thread.
-/// Chosen from a sweep of 9 tunings on an H200 (bench/results/h200_sweep,
-/// `dasgd_bench_update_kernels --tunings all`): it had the best worst case
-/// over fp32/bf16 x SGD-momentum/AdamW x 4 modes x 4 layouts. apex's and
-/// PyTorch's multi_tensor_apply defaults (512 threads, 64Ki-element chunks,
-/// one group) gave 0.79-0.84 of copy bandwidth on the 161-tensor ResNet-50
-/// list where this gives 0.89-0.97.
+/// element chunks, 320 tensors per launch, two vector groups per thread, two
+/// blocks per SM. Chosen from two sweeps of up to 13 tunings on an H200
+/// (bench/results/h200_sweep, h200_final; `dasgd_bench_update_kernels
+/// --tunings all`): the best worst case of step + merge over fp32/bf16 x
+/// SGD-momentum/AdamW x 4 layouts, 0.940 of copy bandwidth in fp32 and 0.923
+/// in bf16. The first kernel (16 bytes of storage per access, apex's and
+/// PyTorch's multi_tensor_apply defaults: 512 threads, 64Ki-element chunks,
+/// 96 tensors per launch) gave 0.84 and 0.71 on the 161-tensor ResNet-50 list.
 struct default_fused_update_policy {
   static constexpr fused_update_tuning tuning{};
 };
