@@ -32,12 +32,18 @@
 #include <vector>
 
 #include "algorithm.hpp"
+#include "common/mpi_stats.hpp"
+#include "common/stats.hpp"
 #include "quadratic_workload.hpp"
 
 namespace {
 
-using clock_type = std::chrono::steady_clock;
+using clock_type = dasgd::bench::bench_clock;
 using dasgd::bench::algorithm_kind;
+using dasgd::bench::all_max;
+using dasgd::bench::all_sum;
+using dasgd::bench::median;
+using dasgd::bench::seconds_since;
 using dasgd::bench::algorithm_spec;
 using dasgd::bench::quadratic_workload;
 using dasgd::comm::mpi_communicator;
@@ -61,27 +67,6 @@ struct options {
   std::string csv;
   std::string allreduce_csv;
 };
-
-double seconds_since(clock_type::time_point t0) {
-  return std::chrono::duration<double>(clock_type::now() - t0).count();
-}
-
-double all_max(double v) {
-  double out = v;
-  MPI_Allreduce(&v, &out, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-  return out;
-}
-double all_sum(double v) {
-  double out = v;
-  MPI_Allreduce(&v, &out, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
-  return out;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 /// CPU seconds used by this process (all threads: worker, dasgd's progress
 /// thread, OpenMPI's own threads).

@@ -13,18 +13,11 @@
 
 #include <dasgd/core/error.hpp>
 
+#include "../common/stats.hpp"
 #include "bench_case.hpp"
 #include "options.hpp"
 
 namespace dasgd::bench {
-
-/// Median of the samples (mean of the two middle ones for an even count).
-inline double median(std::vector<double> v) {
-  DASGD_REQUIRE(!v.empty(), state_error, "median of an empty sample set");
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 /// Median over i of baseline[i] / fused[i] (samples taken as pairs).
 inline double median_pair_ratio(const std::vector<double>& fused, const std::vector<double>& baseline) {

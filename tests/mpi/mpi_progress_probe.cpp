@@ -17,6 +17,9 @@
 
 #include <CLI/CLI.hpp>
 
+#include "common/mpi_stats.hpp"  // bench/common: the overlap benchmark's helpers
+#include "common/stats.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -28,26 +31,12 @@
 
 namespace {
 
-using clock_type = std::chrono::steady_clock;
+using clock_type = dasgd::bench::bench_clock;
+using dasgd::bench::all_max;
+using dasgd::bench::median;
+using dasgd::bench::seconds_since;
 using dasgd::comm::mpi_communicator;
 using dasgd::comm::mpi_progress;
-
-double seconds_since(clock_type::time_point t0) {
-  return std::chrono::duration<double>(clock_type::now() - t0).count();
-}
-
-/// The slowest rank's value.
-double slowest(double v) {
-  double out = v;
-  MPI_Allreduce(&v, &out, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-  return out;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 /// One simulated compute step: keeps the core busy (spin) or leaves it idle
 /// (sleep, like a host thread waiting for a GPU).
@@ -71,7 +60,7 @@ sample measure(mpi_communicator& comm, std::span<const float> send, std::span<fl
   MPI_Barrier(MPI_COMM_WORLD);
   auto t0 = clock_type::now();
   comm.iallreduce_average(send, recv).wait();
-  s.comm = slowest(seconds_since(t0));
+  s.comm = all_max(seconds_since(t0));
 
   MPI_Barrier(MPI_COMM_WORLD);
   t0 = clock_type::now();
@@ -88,8 +77,8 @@ sample measure(mpi_communicator& comm, std::span<const float> send, std::span<fl
   req.wait();
   const double total = seconds_since(t0);
   // The worst rank's exposure, and the slowest rank's times.
-  const double exposed = slowest(total - compute);
-  s.compute = slowest(compute);
+  const double exposed = all_max(total - compute);
+  s.compute = all_max(compute);
   s.total = s.compute + exposed;
   return s;
 }
@@ -145,7 +134,7 @@ int main(int argc, char** argv) {
       MPI_Barrier(MPI_COMM_WORLD);
       const auto t0 = clock_type::now();
       c.iallreduce_average(std::span<const float>(send), std::span<float>(recv)).wait();
-      warm.push_back(slowest(seconds_since(t0)));
+      warm.push_back(all_max(seconds_since(t0)));
     }
   }
   if (step_ms == 0.0) step_ms = factor * median(warm) * 1000 / steps;
