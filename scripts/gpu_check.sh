@@ -77,6 +77,17 @@ say() { echo "[gpu_check $((SECONDS - t_start))s] $*" | tee -a "$log"; }
 # Details go into a markdown table: no pipes, no tabs.
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$(echo "${4:-}" | tr '|\t' ',,')" >>"$results"; }
 left() { echo $((deadline - (SECONDS - t_start))); }
+# record_exit STEP RC START LIMIT PASS_DETAIL FAIL_DETAIL [TIMEOUT_DETAIL]:
+# a step's exit status as its result (77: no device; 124: `timeout` fired).
+record_exit() {
+  local secs=$((SECONDS - $3))
+  case $2 in
+    0) record "$1" PASS "$secs" "$5" ;;
+    77) record "$1" SKIP "$secs" "no CUDA device" ;;
+    124) record "$1" FAIL "$secs" "${7:-timed out after $4 s}" ;;
+    *) record "$1" FAIL "$secs" "exit $2; $6" ;;
+  esac
+}
 export PATH="$PATH:/usr/local/cuda/bin"
 
 # ---- the machine ---------------------------------------------------------------
@@ -205,12 +216,7 @@ for tg in "${host_tests[@]}" "${gpu_tests[@]}"; do
   rc=$?
   cat "$out/.test.log" >>"$log"
   counts=$(grep -E '^\[doctest\] test cases:' "$out/.test.log" | tail -n1 | sed 's/\[doctest\] //; s/  */ /g')
-  case $rc in
-    0) record "$tg" PASS $((SECONDS - t)) "$counts" ;;
-    77) record "$tg" SKIP $((SECONDS - t)) "no CUDA device" ;;
-    124) record "$tg" FAIL $((SECONDS - t)) "timed out after $budget s" ;;
-    *) record "$tg" FAIL $((SECONDS - t)) "exit $rc; $counts" ;;
-  esac
+  record_exit "$tg" "$rc" "$t" "$budget" "$counts" "$counts"
   say "$tg: exit $rc in $((SECONDS - t)) s; $counts"
 done
 rm -f "$out/.test.log"
@@ -235,12 +241,7 @@ else
     "$(bin_of dasgd.test.cuda.fused_kernel)" >"$out/memcheck.log" 2>&1
   rc=$?
   summary_line=$(grep -E 'ERROR SUMMARY' "$out/memcheck.log" | tail -n1 | sed 's/^=* *//')
-  case $rc in
-    0) record memcheck PASS $((SECONDS - t)) "${summary_line:-no errors}" ;;
-    77) record memcheck SKIP $((SECONDS - t)) "no CUDA device" ;;
-    124) record memcheck FAIL $((SECONDS - t)) "timed out after $budget s" ;;
-    *) record memcheck FAIL $((SECONDS - t)) "exit $rc; ${summary_line:-see memcheck.log}" ;;
-  esac
+  record_exit memcheck "$rc" "$t" "$budget" "${summary_line:-no errors}" "${summary_line:-see memcheck.log}"
   say "memcheck: exit $rc in $((SECONDS - t)) s; $summary_line"
 fi
 
@@ -256,10 +257,7 @@ if [[ "${GPU_CHECK_SWEEP:-0}" == 1 ]] && is_built dasgd_bench_update_kernels; th
     --layouts flat_16M,flat_128M,resnet50,gpt2_small --precisions fp32,bf16 \
     --csv "$out/bench/update_kernels_sweep.csv" >"$out/bench/update_kernels_sweep.log" 2>&1
   rc=$?
-  case $rc in
-    0) record sweep PASS $((SECONDS - t)) "bench/update_kernels_sweep.csv" ;;
-    *) record sweep FAIL $((SECONDS - t)) "exit $rc; see bench/update_kernels_sweep.log" ;;
-  esac
+  record_exit sweep "$rc" "$t" "$budget" "bench/update_kernels_sweep.csv" "see bench/update_kernels_sweep.log"
   say "sweep: exit $rc in $((SECONDS - t)) s"
 elif [[ $want_bench == ON && -f "$bench_dir/run_gpu.sh" ]]; then
   if ! is_built dasgd_bench_update_kernels; then
@@ -273,12 +271,8 @@ elif [[ $want_bench == ON && -f "$bench_dir/run_gpu.sh" ]]; then
     BENCH_BUDGET_S=$((budget - 5)) COMPILE_BUDGET_S=${COMPILE_BUDGET_S:-30} DASGD_BENCH_BIN="$(bin_of dasgd_bench_update_kernels)" \
       timeout "$budget" bash "$bench_dir/run_gpu.sh" "$out/bench" "$build" >/dev/null 2>&1
     rc=$?
-    case $rc in
-      0) record bench PASS $((SECONDS - t)) "results in bench/" ;;
-      77) record bench SKIP $((SECONDS - t)) "no CUDA device" ;;
-      124) record bench FAIL $((SECONDS - t)) "stopped at the time limit; partial results in bench/" ;;
-      *) record bench FAIL $((SECONDS - t)) "run_gpu.sh exit $rc; see bench/update_kernels_gpu.log" ;;
-    esac
+    record_exit bench "$rc" "$t" "$budget" "results in bench/" "see bench/update_kernels_gpu.log" \
+      "stopped at the time limit; partial results in bench/"
     say "benchmark: exit $rc in $((SECONDS - t)) s"
   fi
 else
