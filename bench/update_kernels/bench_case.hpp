@@ -12,7 +12,7 @@
 //   optimizer  sgdm (SGD, momentum 0.9: one state) or adamw (two states)
 //
 // Byte accounting: the bytes the fused pass must move per element, counting
-// each stream once per read and once per write (DESIGN.md section 2). Let s
+// each stream once per read and once per write (docs/design.md section 2). Let s
 // be the storage size and c the compute (state, master) size in bytes:
 //   streams             without master           with fp32 master
 //   weights             read s + write s          write s (master is the source)

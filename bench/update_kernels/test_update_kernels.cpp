@@ -29,7 +29,7 @@ options parse(std::vector<const char*> args) {
 
 }  // namespace
 
-TEST_CASE("bytes per element follow DESIGN.md's accounting") {
+TEST_CASE("bytes per element follow docs/design.md's accounting") {
   const layout l = make_layout("flat_1K");
   // fp32 SGD-momentum: read w, g, m; write w, m = 20 B; snapshot +4; mix +4; additive +8.
   CHECK(make_case(l, "fp32", "step", "sgdm").bytes_per_element() == 20);

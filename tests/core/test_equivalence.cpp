@@ -1,4 +1,4 @@
-// The special cases of DESIGN.md section 1 and the general timeline, with 4
+// The special cases of docs/design.md section 1 and the general timeline, with 4
 // in-process workers, against independent double-precision references.
 #include <doctest/doctest.h>
 

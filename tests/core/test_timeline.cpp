@@ -1,5 +1,5 @@
 // Which steps launch an average and which merge it, for several (tau, d),
-// and what exactly is sent and merged (DESIGN.md section 1).
+// and what exactly is sent and merged (docs/design.md section 1).
 #include <doctest/doctest.h>
 
 #include <dasgd/dasgd.hpp>

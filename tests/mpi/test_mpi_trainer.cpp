@@ -1,5 +1,5 @@
 // delayed_averager over mpi_communicator with real ranks: the equivalences
-// of DESIGN.md section 1 against the naive double-precision simulator, the
+// of docs/design.md section 1 against the naive double-precision simulator, the
 // same training through the in-process communicator, shape mismatches at
 // construction and a timeout surfacing through step().
 #include "mpi_test_support.hpp"

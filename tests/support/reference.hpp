@@ -1,6 +1,6 @@
 // Test oracle: a deliberately naive double-precision DaSGD simulator and
 // optimizer reference, written from the formulas (PyTorch's SGD/AdamW and
-// DESIGN.md section 1), independent of the library's element functors.
+// docs/design.md section 1), independent of the library's element functors.
 #pragma once
 
 #include <algorithm>
@@ -63,7 +63,7 @@ struct ref_schedule {
   double a = 0.25, b = 0.75, c = 0.0;  // merge coefficients
 };
 
-/// n workers, `steps` steps of the DESIGN.md timeline. grad(i, k, w) returns
+/// n workers, `steps` steps of the docs/design.md timeline. grad(i, k, w) returns
 /// worker i's gradient at step k for its current weights w.
 template <class Opt>
 std::vector<vec> simulate_dasgd(int n, int steps, const ref_schedule& s, const Opt& opt,

@@ -33,7 +33,7 @@
 // flight.
 #pragma once
 
-#include <mpi.h>
+#include "detail/mpi_header.hpp"
 
 #include <chrono>
 #include <cstdint>

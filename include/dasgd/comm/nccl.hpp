@@ -3,7 +3,7 @@
 // dasgd::communicator with memory_space = device_space. Plain C++ over the
 // CUDA runtime and NCCL APIs (no kernels): host compilers may include it.
 //
-// Ordering (DESIGN.md section 4): iallreduce_average records an event on the
+// Ordering (docs/design.md section 4): iallreduce_average records an event on the
 // compute stream (after the snapshot pass queued there), makes the
 // communication stream wait for it, enqueues the all-reduce there and
 // records a completion event. request::wait() makes the compute stream wait
@@ -33,7 +33,7 @@
 #include <nccl.h>
 
 #if defined(DASGD_HAS_MPI)
-#include <mpi.h>
+#include "detail/mpi_header.hpp"
 #endif
 
 #include <atomic>

@@ -1,6 +1,6 @@
 // The delay policy concept: decides, round by round, how many local steps a
 // round has (tau) and how many steps after the round's launch the average is
-// merged (delay). See DESIGN.md section 1 for the timeline.
+// merged (delay). See docs/design.md section 1 for the timeline.
 #pragma once
 
 #include <concepts>

@@ -3,7 +3,7 @@
 // request; the user owns the weights and computes gradients, then calls
 // step() once per iteration.
 //
-// Timeline (DESIGN.md section 1), for round r of tau_r steps starting at s_r:
+// Timeline (docs/design.md section 1), for round r of tau_r steps starting at s_r:
 //  - every step applies the local optimizer update;
 //  - at k = s_r + tau_r - 1 the same fused pass also writes the snapshot, and
 //    an out-of-place non-blocking average of the snapshots is launched;
@@ -112,6 +112,8 @@ class delayed_averager {
                   "; it needs at least one rank");
     DASGD_REQUIRE(!params_.empty(), config_error, "the parameter list is empty");
     optim_.validate();
+    if constexpr (requires { policy_.validate(); }) policy_.validate();
+    if constexpr (requires { merge_.validate(); }) merge_.validate();
     DASGD_REQUIRE(optim_.state_count() <= pass_type::max_state, config_error, "optimizer '",
                   optim_.name(), "' needs ", optim_.state_count(), " state buffers, at most ",
                   pass_type::max_state, " are supported");
@@ -200,10 +202,27 @@ class delayed_averager {
     return rep;
   }
 
+  /// A gradient list of another element type or memory space: a clear
+  /// compile-time error instead of a failed conversion deep inside step().
+  template <class T, class Space>
+    requires(!std::is_same_v<tensor_list<T, Space>, grads_type> &&
+             !std::is_same_v<tensor_list<T, Space>, params_type>)
+  step_report step(const tensor_list<T, Space>&) {
+    static_assert(std::is_same_v<std::remove_const_t<T>, Storage>,
+                  "the gradients' element type differs from the parameters' storage type");
+    static_assert(std::is_same_v<Space, memory_space>,
+                  "the gradients live in another memory space than the trainer's backend");
+    return {};
+  }
+
   /// step() for a model with a single parameter tensor.
   template <parameter_buffer G>
-    requires(!std::is_same_v<std::remove_cvref_t<G>, grads_type>)
+    requires(!detail::is_tensor_list_v<std::remove_cvref_t<G>>)
   step_report step(const G& grad) {
+    static_assert(std::is_same_v<std::remove_const_t<tensor_value_t<G>>, Storage>,
+                  "the gradient's element type differs from the parameters' storage type");
+    static_assert(std::is_same_v<tensor_space_t<G>, memory_space>,
+                  "the gradient lives in another memory space than the trainer's backend");
     grads_type g;
     g.add(static_cast<const Storage*>(tensor_data(grad)), tensor_size(grad));
     return step(g);

@@ -1,5 +1,5 @@
 // The merge rule concept: how the finished average enters the live weights.
-// Every rule reduces to three coefficients (DESIGN.md section 2):
+// Every rule reduces to three coefficients (docs/design.md section 2):
 //   w_new = a * w_local + b * avg + c * snapshot
 #pragma once
 

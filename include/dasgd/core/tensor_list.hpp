@@ -76,6 +76,13 @@ class tensor_list {
   std::size_t total_ = 0;
 };
 
+namespace detail {
+template <class L>
+inline constexpr bool is_tensor_list_v = false;
+template <class T, class Space>
+inline constexpr bool is_tensor_list_v<tensor_list<T, Space>> = true;
+}  // namespace detail
+
 template <parameter_buffer B, parameter_buffer... Bs>
 tensor_list(B&, Bs&...) -> tensor_list<tensor_value_t<B>, tensor_space_t<B>>;
 

@@ -1,5 +1,5 @@
 // Which streams one fused pass reads and writes, as a compile-time bit set,
-// so that a plain local step never pays for the merge (DESIGN.md section 2).
+// so that a plain local step never pays for the merge (docs/design.md section 2).
 #pragma once
 
 #include "../config.hpp"

@@ -23,7 +23,7 @@
 // MPI collectives is the same on every rank, whatever the timing.
 #pragma once
 
-#include <mpi.h>
+#include "mpi_header.hpp"
 
 #include <algorithm>
 #include <chrono>

@@ -4,7 +4,7 @@
 // MPI's own description instead of an abort.
 #pragma once
 
-#include <mpi.h>
+#include "mpi_header.hpp"
 
 #include <string>
 

@@ -1,4 +1,4 @@
-// The fused delayed-update kernel (DESIGN.md section 2): one pass over many
+// The fused delayed-update kernel (docs/design.md section 2): one pass over many
 // parameter tensors that applies the local optimizer step, writes the
 // snapshot and merges the average, as selected at compile time by the stage
 // set S. A plain step reads and writes only w, g and the optimizer state.
