@@ -83,7 +83,7 @@ TEST_CASE("sizes or types that differ across ranks fail the collective on every 
     auto req = c.iallreduce_average(std::span<const float>(s), std::span<float>(r));
     try {
       req.wait();
-    } catch (const comm_error& e) {
+    } catch (const size_mismatch_error& e) {
       msg[static_cast<std::size_t>(c.rank())] = e.what();
     }
   });
@@ -101,7 +101,7 @@ TEST_CASE("sizes or types that differ across ranks fail the collective on every 
                                    : c.iallreduce_average(std::span<const double>(sd), std::span<double>(rd));
                     req.wait();
                   }),
-                  comm_error);
+                  size_mismatch_error);
 }
 
 TEST_CASE("send and recv of different lengths are rejected locally") {

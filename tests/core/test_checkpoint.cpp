@@ -98,8 +98,9 @@ void expect_reject(single& s, const std::string& blob, const char* needle) {
     s.tr.load(is);
     FAIL("corrupt checkpoint was accepted");
   } catch (const checkpoint_error& e) {
-    CAPTURE(e.what());
-    CHECK(std::string(e.what()).find(needle) != std::string::npos);
+    const std::string msg = e.what();
+    CAPTURE(msg);
+    CHECK(msg.find(needle) != std::string::npos);
   }
   CHECK(s.w == before);
   CHECK(s.tr.steps_taken() == k);
@@ -114,7 +115,7 @@ TEST_CASE("corrupt, truncated and incompatible checkpoints are rejected") {
   std::string flipped = good;
   flipped[flipped.size() / 2] ^= 0x10;
   expect_reject(fresh, flipped, "corrupt");
-  expect_reject(fresh, good.substr(0, good.size() - 9), "corrupt");
+  expect_reject(fresh, good.substr(0, good.size() - 9), "truncated");
   expect_reject(fresh, good.substr(0, 5), "truncated");
   expect_reject(fresh, "", "truncated");
   std::string magic = good;

@@ -51,17 +51,27 @@ class device_loopback {
   struct request_type {
     bool test() { return true; }
     void wait() {}
+    collective_agreement agreement() const { return agreed; }
+    collective_agreement agreed;
   };
   explicit device_loopback(cudaStream_t s) : stream_(s) {}
   int size() const { return 1; }
   int rank() const { return 0; }
   template <storage_type T>
-  request_type iallreduce_average(std::span<const T> send, std::span<T> recv) {
+  request_type iallreduce_average(std::span<const T> send, std::span<T> recv,
+                                  const collective_signature& sig) {
     DASGD_REQUIRE(send.size() == recv.size(), size_mismatch_error, "loopback sizes differ");
     if (!send.empty())
       DASGD_CUDA_CHECK(cudaMemcpyAsync(recv.data(), send.data(), send.size_bytes(),
                                        cudaMemcpyDeviceToDevice, stream_));
-    return {};
+    request_type r;
+    r.agreed.min_proposal = r.agreed.max_proposal = sig.proposal;
+    return r;
+  }
+  template <storage_type T>
+  request_type ibroadcast(std::span<const T> send, std::span<T> recv, int,
+                          const collective_signature& sig) {
+    return iallreduce_average(send, recv, sig);
   }
   std::vector<std::uint64_t> allgather(std::uint64_t v) { return {v}; }
 
@@ -127,6 +137,10 @@ void compare_trainers(Model& dev_model, std::vector<std::vector<T>> host_w, Devi
   auto dev_w = dev_model.weights();
   delayed_averager dev(dev_w, std::move(dcomm), pol, opt, merge, cuda_backend(stream), options);
   static_assert(std::is_same_v<typename decltype(dev)::backend_type, cuda_backend>);
+
+  // One rank: the broadcast must leave the weights exactly as they are.
+  host.broadcast_parameters(0);
+  dev.broadcast_parameters(0);
 
   auto dev_g = dev_model.grads();
   std::vector<std::vector<T>> g(host_w.size());

@@ -6,18 +6,22 @@
 // time a blocking wait costs).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <span>
 #include <vector>
 
+#include <dasgd/core/collective.hpp>
 #include <dasgd/policy/clock.hpp>
 
 namespace dasgd::test {
 
 struct fake_comm_log {
   int launches = 0;
+  int broadcasts = 0;
+  std::vector<collective_signature> signatures;  // of every collective, in order
   int tests = 0;
   int waits = 0;
   std::vector<std::vector<double>> snapshots;  // what each launch sent
@@ -34,6 +38,7 @@ class fake_request {
  public:
   struct state {
     std::function<void()> publish;
+    dasgd::collective_agreement agreement;
     int tests_left = 0;
     double ready_at = -1.0;
     bool done = false;
@@ -41,6 +46,8 @@ class fake_request {
   fake_request(std::shared_ptr<state> s, std::shared_ptr<fake_comm_log> log,
                policy::manual_clock clock)
       : s_(std::move(s)), log_(std::move(log)), clock_(std::move(clock)) {}
+
+  const dasgd::collective_agreement& agreement() const { return s_->agreement; }
 
   bool test() {
     ++log_->tests;
@@ -82,8 +89,10 @@ class fake_communicator {
   std::shared_ptr<fake_comm_log> log_handle() const { return log_; }
 
   template <class T>
-  fake_request iallreduce_average(std::span<const T> send, std::span<T> recv) {
+  fake_request iallreduce_average(std::span<const T> send, std::span<T> recv,
+                                  const collective_signature& sig = {}) {
     ++log_->launches;
+    log_->signatures.push_back(sig);
     log_->snapshots.emplace_back(send.begin(), send.end());
     auto s = std::make_shared<fake_request::state>();
     const double offset = cfg_.offset;
@@ -92,12 +101,36 @@ class fake_communicator {
     };
     s->tests_left = cfg_.ready_after_tests;
     if (cfg_.duration >= 0.0) s->ready_at = clock_.now() + cfg_.duration;
+    s->agreement = agreement_of(sig);
+    return {s, log_, clock_};
+  }
+
+  /// One rank: the root's send is the result.
+  template <class T>
+  fake_request ibroadcast(std::span<const T> send, std::span<T> recv, int,
+                          const collective_signature& sig) {
+    ++log_->broadcasts;
+    log_->signatures.push_back(sig);
+    auto s = std::make_shared<fake_request::state>();
+    s->publish = [send, recv] { std::copy(send.begin(), send.end(), recv.begin()); };
+    s->agreement = agreement_of(sig);
     return {s, log_, clock_};
   }
 
   std::vector<std::uint64_t> allgather(std::uint64_t v) { return {v}; }
 
  private:
+  static collective_agreement agreement_of(const collective_signature& sig) {
+    collective_agreement a;
+    a.min_proposal = a.max_proposal = sig.proposal;
+    if (sig.status != 0) {
+      a.status_rank = 0;
+      a.status = sig.status;
+      a.status_detail = sig.status_detail;
+    }
+    return a;
+  }
+
   fake_comm_config cfg_;
   std::shared_ptr<fake_comm_log> log_;
   policy::manual_clock clock_;

@@ -5,16 +5,20 @@
 // in double), so the result does not depend on thread timing, and writes
 // every rank's receive buffer while the workers go on computing.
 //
-// Failure handling: a mismatch in sizes or types between ranks fails the
-// collective on every rank with a message naming both sides; a wait that
-// exceeds the group's timeout fails it too (naming the ranks that never
-// joined) and aborts the group, so that no other rank hangs; abort() lets a
-// dying worker release the others at once (run_workers does that for you).
+// Failure handling: collectives are matched by issue order, and every rank's
+// signature (purpose, sequence, size, type, root: core/collective.hpp) is
+// compared once all have joined; a mismatch fails the collective on every
+// rank with a message naming both sides. A wait that exceeds the group's
+// timeout fails it too (naming the ranks that never joined) and aborts the
+// group, so that no other rank hangs: every rank then sees timeout_error,
+// also for collectives it issues afterwards. abort() lets a dying worker
+// release the others at once (run_workers does that for you).
 #pragma once
 
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <cstdint>
 #include <deque>
 #include <exception>
@@ -29,6 +33,7 @@
 #include <utility>
 #include <vector>
 
+#include "../core/collective.hpp"
 #include "../core/error.hpp"
 #include "../core/precision.hpp"
 #include "../core/tensor.hpp"
@@ -49,15 +54,13 @@ namespace detail {
 struct inproc_part {
   const void* send = nullptr;
   void* recv = nullptr;
-  std::size_t count = 0;
-  std::uint32_t type = 0;
-  const char* type_name = "";
   std::size_t element_bytes = 0;
+  ::dasgd::detail::signature_record sig;  ///< count and type_id are the buffer's
   std::uint64_t value = 0;
 };
 
 struct inproc_op {
-  enum class kind { average, gather };
+  enum class kind { average, broadcast, gather };
   enum class status { pending, done, failed };
   kind what = kind::average;
   std::uint64_t seq = 0;
@@ -66,17 +69,35 @@ struct inproc_op {
   std::vector<bool> joined;
   status state = status::pending;
   bool reducing = false;  // the progress thread is writing the receive buffers
-  std::string error;
+  std::exception_ptr error;
   std::vector<std::uint64_t> gathered;
+  collective_agreement agreement;
   void (*reduce)(inproc_op&) = nullptr;
   std::chrono::steady_clock::time_point ready_at{};
 };
+
+inline const char* kind_name(inproc_op::kind k) {
+  switch (k) {
+    case inproc_op::kind::average: return "an average";
+    case inproc_op::kind::broadcast: return "a broadcast";
+    case inproc_op::kind::gather: return "an allgather";
+  }
+  return "an unknown collective";
+}
+
+/// Every rank's recv = the root's send.
+inline void copy_from_root(inproc_op& op) {
+  const auto& root = op.parts[static_cast<std::size_t>(op.parts[0].sig.root)];
+  const std::size_t bytes = root.sig.count * root.element_bytes;
+  for (auto& p : op.parts)
+    if (bytes != 0 && p.recv != root.send) std::memcpy(p.recv, root.send, bytes);
+}
 
 template <class T>
 void reduce_average(inproc_op& op) {
   using acc = double;
   const std::size_t n = op.parts.size();
-  const std::size_t count = op.parts[0].count;
+  const std::size_t count = op.parts[0].sig.count;
   const acc inv = acc(1) / acc(n);
   for (std::size_t i = 0; i < count; ++i) {
     acc s = 0;
@@ -110,7 +131,7 @@ class inproc_state {
   std::shared_ptr<inproc_op> post(int rank, inproc_op::kind what, inproc_part part,
                                   void (*reduce)(inproc_op&)) {
     std::unique_lock lk(m_);
-    DASGD_REQUIRE(aborted_.empty(), comm_error, "in-process group was aborted: ", aborted_);
+    if (abort_error_) std::rethrow_exception(abort_error_);
     const std::uint64_t seq = next_seq_[static_cast<std::size_t>(rank)]++;
     auto& slot = ops_[seq];
     if (!slot) {
@@ -125,8 +146,13 @@ class inproc_state {
     op->parts[static_cast<std::size_t>(rank)] = part;
     op->joined[static_cast<std::size_t>(rank)] = true;
     if (op->what != what) {
-      fail_locked(*op, ::dasgd::detail::concat("collective #", seq, ": rank ", rank,
-                                      " issued a different operation than the other ranks"));
+      fail_locked(*op, std::make_exception_ptr(comm_error(
+                           ::dasgd::detail::concat("in-process collective #", seq, ": rank ", rank,
+                                                   " issued ", kind_name(what),
+                                                   " but another rank issued ", kind_name(op->what),
+                                                   "; collectives must be issued in the same "
+                                                   "order on every rank"),
+                           __FILE__, __LINE__)));
     }
     if (++op->posted == n_) {
       ops_.erase(seq);
@@ -134,7 +160,7 @@ class inproc_state {
         check_parts(*op);
         if (op->state == inproc_op::status::pending) {
           const auto bytes =
-              static_cast<double>(op->parts[0].count * op->parts[0].element_bytes);
+              static_cast<double>(op->parts[0].sig.count * op->parts[0].element_bytes);
           op->ready_at = std::chrono::steady_clock::now() + options_.simulated_latency;
           if (options_.simulated_bandwidth_bytes_per_second > 0.0)
             op->ready_at += std::chrono::duration_cast<std::chrono::steady_clock::duration>(
@@ -166,10 +192,13 @@ class inproc_state {
                                " ms while reducing")
               : ::dasgd::detail::concat("in-process collective #", op.seq, " timed out after ", ms,
                                " ms: rank(s) ", missing, " never joined");
-      fail_locked(op, msg);
-      abort_locked(msg);
+      // The same exception type for every rank and every collective of
+      // the group: the others learn of this timeout as a timeout too.
+      fail_locked(op, std::make_exception_ptr(timeout_error(msg, __FILE__, __LINE__)));
+      abort_locked(std::make_exception_ptr(
+          timeout_error("in-process group was aborted: " + msg, __FILE__, __LINE__)));
       done_cv_.wait(lk, [&] { return !op.reducing; });
-      throw timeout_error(msg, __FILE__, __LINE__);
+      finished(op);  // throws the timeout_error
     }
     // Never hand the buffers back while the progress thread writes them.
     done_cv_.wait(lk, [&] { return !op.reducing; });
@@ -178,42 +207,45 @@ class inproc_state {
 
   void abort(const std::string& reason) {
     std::lock_guard lk(m_);
-    abort_locked(reason);
+    abort_locked(std::make_exception_ptr(comm_error(
+        "in-process group was aborted: " + (reason.empty() ? std::string("aborted") : reason),
+        __FILE__, __LINE__)));
   }
 
  private:
   bool finished(const inproc_op& op) const {
-    if (op.state == inproc_op::status::failed)
-      throw comm_error(op.error, __FILE__, __LINE__);
+    if (op.state == inproc_op::status::failed) std::rethrow_exception(op.error);
     return op.state == inproc_op::status::done;
   }
 
+  /// Once every rank has joined: compares the signatures (all ranks see
+  /// the same verdict) and records what they agree on.
   void check_parts(inproc_op& op) {
-    if (op.what != inproc_op::kind::average) return;
-    const auto& p0 = op.parts[0];
-    for (std::size_t r = 1; r < op.parts.size(); ++r) {
-      const auto& p = op.parts[r];
-      if (p.count != p0.count || p.type != p0.type) {
-        fail_locked(op, ::dasgd::detail::concat("in-process average #", op.seq,
-                                       ": buffer sizes or types differ across ranks: rank 0 sent ",
-                                       p0.count, " ", p0.type_name, " elements, rank ", r,
-                                       " sent ", p.count, " ", p.type_name, " elements"));
-        return;
-      }
+    if (op.what == inproc_op::kind::gather) return;
+    std::vector< ::dasgd::detail::signature_record> sigs;
+    sigs.reserve(op.parts.size());
+    for (const auto& p : op.parts) sigs.push_back(p.sig);
+    const char* where = op.what == inproc_op::kind::average ? "in-process average"
+                                                             : "in-process broadcast";
+    if (auto e = ::dasgd::detail::check_signatures(sigs, 0, where)) {
+      fail_locked(op, e);
+      return;
     }
+    op.agreement = ::dasgd::detail::combine(sigs);
   }
 
-  void fail_locked(inproc_op& op, const std::string& msg) {
+  void fail_locked(inproc_op& op, std::exception_ptr e) {
     if (op.state != inproc_op::status::pending) return;
     op.state = inproc_op::status::failed;
-    op.error = msg;
+    op.error = std::move(e);
     done_cv_.notify_all();
   }
 
-  void abort_locked(const std::string& reason) {
-    if (aborted_.empty()) aborted_ = reason.empty() ? "aborted" : reason;
-    for (auto& [seq, op] : ops_) fail_locked(*op, "in-process group was aborted: " + aborted_);
-    for (auto& op : queue_) fail_locked(*op, "in-process group was aborted: " + aborted_);
+  /// Fails every pending collective with `e` (and every later post()).
+  void abort_locked(std::exception_ptr e) {
+    if (!abort_error_) abort_error_ = std::move(e);
+    for (auto& [seq, op] : ops_) fail_locked(*op, abort_error_);
+    for (auto& op : queue_) fail_locked(*op, abort_error_);
     ops_.clear();
     queue_.clear();
   }
@@ -228,7 +260,7 @@ class inproc_state {
       const auto ready_at = op->ready_at;
       op->reducing = true;
       lk.unlock();
-      if (op->what == inproc_op::kind::average) {
+      if (op->what != inproc_op::kind::gather) {
         op->reduce(*op);  // buffers are owned by the posting ranks, which must not touch them now
       } else {
         op->gathered.resize(op->parts.size());
@@ -250,7 +282,7 @@ class inproc_state {
   std::vector<std::uint64_t> next_seq_;
   std::map<std::uint64_t, std::shared_ptr<inproc_op>> ops_;
   std::deque<std::shared_ptr<inproc_op>> queue_;
-  std::string aborted_;
+  std::exception_ptr abort_error_;
   bool stop_ = false;
   std::thread worker_;
 };
@@ -264,6 +296,8 @@ class inproc_request {
       : state_(std::move(s)), op_(std::move(op)) {}
   bool test() { return state_->test(*op_); }
   void wait() { state_->wait(*op_); }
+  /// What the ranks' signatures combine to (once the request has completed).
+  const collective_agreement& agreement() const { return op_->agreement; }
 
  private:
   std::shared_ptr<detail::inproc_state> state_;
@@ -284,14 +318,25 @@ class inproc_communicator {
   int rank() const { return rank_; }
 
   template <storage_type T>
-  inproc_request iallreduce_average(std::span<const T> send, std::span<T> recv) {
+  inproc_request iallreduce_average(std::span<const T> send, std::span<T> recv,
+                                    const collective_signature& sig = {}) {
     DASGD_REQUIRE(send.size() == recv.size(), size_mismatch_error,
                   "iallreduce_average: send has ", send.size(), " elements but recv has ",
                   recv.size());
-    detail::inproc_part part{send.data(), recv.data(), send.size(), type_id<T>::value,
-                             type_id<T>::name, sizeof(T), 0};
-    return {state_, state_->post(rank_, detail::inproc_op::kind::average, part,
-                                 &detail::reduce_average<T>)};
+    return post(detail::inproc_op::kind::average, send, recv, -1, sig,
+                &detail::reduce_average<std::remove_cv_t<T>>);
+  }
+
+  /// Every rank's `recv` receives the root's `send` (the root copies its own).
+  template <storage_type T>
+  inproc_request ibroadcast(std::span<const T> send, std::span<T> recv, int root,
+                            const collective_signature& sig) {
+    DASGD_REQUIRE(send.size() == recv.size(), size_mismatch_error, "ibroadcast: send has ",
+                  send.size(), " elements but recv has ", recv.size());
+    DASGD_REQUIRE(root >= 0 && root < size(), config_error, "ibroadcast: root ", root,
+                  " is outside [0, ", size(), ")");
+    return post(detail::inproc_op::kind::broadcast, send, recv, root, sig,
+                &detail::copy_from_root);
   }
 
   std::vector<std::uint64_t> allgather(std::uint64_t value) {
@@ -306,6 +351,19 @@ class inproc_communicator {
   void abort(const std::string& reason) { state_->abort(reason); }
 
  private:
+  template <class T>
+  inproc_request post(detail::inproc_op::kind what, std::span<const T> send, std::span<T> recv,
+                      int root, const collective_signature& sig,
+                      void (*reduce)(detail::inproc_op&)) {
+    using V = std::remove_cv_t<T>;
+    detail::inproc_part part;
+    part.send = send.data();
+    part.recv = recv.data();
+    part.element_bytes = sizeof(V);
+    part.sig = ::dasgd::detail::signature_record::of(sig, send.size(), type_id<V>::value, root);
+    return {state_, state_->post(rank_, what, part, reduce)};
+  }
+
   std::shared_ptr<detail::inproc_state> state_;
   int rank_;
 };

@@ -37,6 +37,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <span>
@@ -67,11 +68,17 @@ struct mpi_options {
 };
 
 /// RAII MPI_Init_thread(MPI_THREAD_MULTIPLE) / MPI_Finalize. Does nothing
-/// if MPI was already initialized by the caller. When it initializes MPI it
-/// also sets MPI_ERRORS_RETURN on MPI_COMM_WORLD, because OpenMPI reports
-/// some request errors there, and the fatal default handler would abort
-/// without an exception. Before finalizing it shuts down communicators that
-/// are still alive (waiting, at most their timeout, for their collectives).
+/// if MPI was already initialized by the caller. MPI_COMM_WORLD keeps the
+/// error handler the user chose (dasgd sets MPI_ERRORS_RETURN only on its
+/// own duplicated communicators).
+///
+/// Before finalizing it shuts down communicators that are still alive
+/// (waiting, at most their timeout, for their collectives; not at all after
+/// one of them timed out). If a collective is then still in MPI's hands (a
+/// peer stalled or died and never joined it), MPI_Finalize would wait for
+/// it forever: the destructor prints why and calls MPI_Abort instead, which
+/// ends every process of the job. Code that finalizes MPI itself can ask
+/// stranded_collectives() first and abort the same way.
 class mpi_environment {
  public:
   mpi_environment(int& argc, char**& argv) {
@@ -83,13 +90,33 @@ class mpi_environment {
     }
     DASGD_MPI_CHECK(MPI_Init_thread, &argc, &argv, MPI_THREAD_MULTIPLE, &level_);
     owns_ = true;
-    DASGD_MPI_CHECK(MPI_Comm_set_errhandler, MPI_COMM_WORLD, MPI_ERRORS_RETURN);
   }
 
   ~mpi_environment() {
     if (!owns_) return;
-    detail::mpi_registry::instance().shutdown_all();
-    if (!detail::mpi_is_finalized()) MPI_Finalize();
+    auto& registry = detail::mpi_registry::instance();
+    registry.shutdown_all();
+    if (detail::mpi_is_finalized()) return;
+    if (const std::size_t n = registry.stranded(); n != 0) {
+      int rank = -1;
+      MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+      std::fprintf(stderr,
+                   "dasgd: rank %d: %zu collective(s) never completed (a peer stalled or died); "
+                   "MPI_Finalize would wait for them forever, so the job is aborted "
+                   "(MPI_Abort, exit code %d)\n",
+                   rank, n, stranded_exit_code);
+      std::fflush(stderr);
+      MPI_Abort(MPI_COMM_WORLD, stranded_exit_code);
+    }
+    MPI_Finalize();
+  }
+
+  /// Exit code of the MPI_Abort that ends a job with stranded collectives.
+  static constexpr int stranded_exit_code = 75;
+
+  /// Collectives that a shut-down communicator left in MPI's hands.
+  static std::size_t stranded_collectives() noexcept {
+    return detail::mpi_registry::instance().stranded();
   }
 
   mpi_environment(const mpi_environment&) = delete;
@@ -147,6 +174,12 @@ class mpi_request {
     engine_->wait(*op_);
   }
 
+  /// What the ranks' signatures combine to (once the request has completed).
+  const collective_agreement& agreement() const {
+    require_valid();
+    return op_->agreement;
+  }
+
  private:
   friend class mpi_communicator;
   mpi_request(std::shared_ptr<detail::mpi_engine> e, std::shared_ptr<detail::mpi_op> op)
@@ -195,28 +228,21 @@ class mpi_communicator {
 
   /// Starts recv = (sum over ranks of send) / size and returns at once.
   /// `send` may alias `recv`. Collective: every rank calls it with the same
-  /// size and element type, in the same order as the other collectives.
+  /// size, element type and signature, in the same order as the other
+  /// collectives (a mismatch fails it on every rank).
   template <storage_type T>
-  mpi_request iallreduce_average(std::span<const T> send, std::span<T> recv) {
-    using V = std::remove_cv_t<T>;
-    static_assert(std::is_same_v<V, float> || std::is_same_v<V, double>,
-                  "dasgd::comm::mpi_communicator averages float and double buffers only; keep "
-                  "fp32 master weights or use the NCCL communicator for 16-bit storage");
-    require_valid();
-    DASGD_REQUIRE(send.size() == recv.size(), size_mismatch_error,
-                  "iallreduce_average: send has ", send.size(), " elements but recv has ",
-                  recv.size());
-    auto op = std::make_shared<detail::mpi_op>();
-    op->what = detail::mpi_op::kind::average;
-    op->send = send.data();
-    op->recv = recv.data();
-    op->count = send.size();
-    op->element_bytes = sizeof(V);
-    op->type = std::is_same_v<V, float> ? MPI_FLOAT : MPI_DOUBLE;
-    op->type_id = type_id<V>::value;
-    op->type_name = type_id<V>::name;
-    op->scale_out = &detail::mpi_scale_out<V>;
-    return mpi_request(engine_, engine_->post(std::move(op)));
+  mpi_request iallreduce_average(std::span<const T> send, std::span<T> recv,
+                                 const collective_signature& sig = {}) {
+    return post<T>(detail::mpi_op::kind::average, send, recv, -1, sig);
+  }
+
+  /// Starts recv = the root's send on every rank (the root copies its own).
+  template <storage_type T>
+  mpi_request ibroadcast(std::span<const T> send, std::span<T> recv, int root,
+                         const collective_signature& sig) {
+    DASGD_REQUIRE(root >= 0 && root < size_, config_error, "ibroadcast: root ", root,
+                  " is outside [0, ", size_, ")");
+    return post<T>(detail::mpi_op::kind::broadcast, send, recv, root, sig);
   }
 
   /// Blocking gather of one value per rank, in rank order (honours the
@@ -245,6 +271,32 @@ class mpi_communicator {
   }
 
  private:
+  template <class T>
+  mpi_request post(detail::mpi_op::kind what, std::span<const T> send, std::span<T> recv,
+                   int root, const collective_signature& sig) {
+    using V = std::remove_cv_t<T>;
+    static_assert(std::is_same_v<V, float> || std::is_same_v<V, double>,
+                  "dasgd::comm::mpi_communicator averages float and double buffers only; keep "
+                  "fp32 master weights or use the NCCL communicator for 16-bit storage");
+    require_valid();
+    DASGD_REQUIRE(send.size() == recv.size(), size_mismatch_error,
+                  what == detail::mpi_op::kind::average ? "iallreduce_average" : "ibroadcast",
+                  ": send has ", send.size(), " elements but recv has ", recv.size());
+    auto op = std::make_shared<detail::mpi_op>();
+    op->what = what;
+    op->signature = sig;
+    op->root = root;
+    op->send = send.data();
+    op->recv = recv.data();
+    op->count = send.size();
+    op->element_bytes = sizeof(V);
+    op->type = std::is_same_v<V, float> ? MPI_FLOAT : MPI_DOUBLE;
+    op->type_id = type_id<V>::value;
+    op->type_name = type_id<V>::name;
+    op->scale_out = &detail::mpi_scale_out<V>;
+    return mpi_request(engine_, engine_->post(std::move(op)));
+  }
+
   void require_valid() const {
     DASGD_REQUIRE(engine_ != nullptr, state_error, "this mpi_communicator was moved from");
   }

@@ -239,6 +239,26 @@ class nccl_state {
     return op;
   }
 
+  std::shared_ptr<nccl_op> broadcast(const void* send, void* recv, std::size_t count,
+                                     ncclDataType_t type, int root) {
+    throw_if_failed();
+    device_guard dg(device_);
+    auto op = new_op("broadcast");
+    DASGD_CUDA_CHECK(cudaEventRecord(ready_, compute_));
+    DASGD_CUDA_CHECK(cudaStreamWaitEvent(comm_stream_, ready_, 0));
+    if (count > 0) {
+      ncclResult_t r;
+      {
+        std::lock_guard nl(nccl_mutex_);
+        r = ncclBroadcast(send, recv, count, type, root, comm_, comm_stream_);
+      }
+      if (r != ncclSuccess)
+        DASGD_THROW(comm_error, "ncclBroadcast of ", count, " elements failed: ", nccl_message(r, comm_));
+    }
+    launch(op);
+    return op;
+  }
+
   /// Blocking gather of one value per rank, in rank order.
   std::vector<std::uint64_t> allgather(std::uint64_t value) {
     throw_if_failed();
@@ -464,10 +484,15 @@ class nccl_request {
   /// Orders the compute stream after the average (host_wait: also blocks
   /// the host until it is complete). Throws comm_error / timeout_error.
   void wait() { state_->wait(*op_); }
+  /// This rank's own signature only: the NCCL communicator does not
+  /// exchange signatures yet (ranks are not cross-checked).
+  const collective_agreement& agreement() const { return agreement_; }
 
  private:
+  friend class nccl_communicator;
   std::shared_ptr<detail::nccl_state> state_;
   std::shared_ptr<detail::nccl_op> op_;
+  collective_agreement agreement_;
 };
 
 class nccl_communicator {
@@ -544,7 +569,8 @@ class nccl_communicator {
   /// Starts an out-of-place average of the device buffer `send` into the
   /// device buffer `recv` (see the header comment for the ordering).
   template <storage_type T>
-  nccl_request iallreduce_average(std::span<const T> send, std::span<T> recv) {
+  nccl_request iallreduce_average(std::span<const T> send, std::span<T> recv,
+                                  const collective_signature& sig = {}) {
     DASGD_REQUIRE(send.size() == recv.size(), size_mismatch_error,
                   "iallreduce_average: send has ", send.size(), " elements but recv has ",
                   recv.size());
@@ -552,8 +578,28 @@ class nccl_communicator {
       require_device_pointer(send.data(), "send");
       require_device_pointer(recv.data(), "recv");
     }
-    return {state_, state_->allreduce_average(send.data(), recv.data(), send.size(),
-                                              detail::nccl_type<T>())};
+    nccl_request req{state_, state_->allreduce_average(send.data(), recv.data(), send.size(),
+                                                       detail::nccl_type<T>())};
+    req.agreement_ = own_agreement(sig);
+    return req;
+  }
+
+  /// Every rank's recv receives the root's send (ncclBroadcast).
+  template <storage_type T>
+  nccl_request ibroadcast(std::span<const T> send, std::span<T> recv, int root,
+                          const collective_signature& sig) {
+    DASGD_REQUIRE(send.size() == recv.size(), size_mismatch_error, "ibroadcast: send has ",
+                  send.size(), " elements but recv has ", recv.size());
+    DASGD_REQUIRE(root >= 0 && root < size(), config_error, "ibroadcast: root ", root,
+                  " is outside [0, ", size(), ")");
+    if (!send.empty()) {
+      require_device_pointer(send.data(), "send");
+      require_device_pointer(recv.data(), "recv");
+    }
+    nccl_request req{state_, state_->broadcast(send.data(), recv.data(), send.size(),
+                                               detail::nccl_type<T>(), root)};
+    req.agreement_ = own_agreement(sig);
+    return req;
   }
 
   std::vector<std::uint64_t> allgather(std::uint64_t value) { return state_->allgather(value); }
@@ -562,6 +608,17 @@ class nccl_communicator {
   void abort(const std::string& reason) { state_->abort(reason); }
 
  private:
+  static collective_agreement own_agreement(const collective_signature& sig) {
+    collective_agreement a;
+    a.min_proposal = a.max_proposal = sig.proposal;
+    if (sig.status != 0) {
+      a.status_rank = 0;
+      a.status = sig.status;
+      a.status_detail = sig.status_detail;
+    }
+    return a;
+  }
+
   static void require_device_pointer(const void* p, const char* what) {
     cudaPointerAttributes attr{};
     const cudaError_t e = cudaPointerGetAttributes(&attr, p);

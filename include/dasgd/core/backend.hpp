@@ -6,6 +6,7 @@
 
 #include <concepts>
 #include <cstddef>
+#include <cstdint>
 
 #include "../kernels/stage.hpp"
 #include "tensor_list.hpp"
@@ -15,8 +16,12 @@ namespace dasgd {
 /// Arguments of one fused pass. The trainer keeps optimizer state, snapshot
 /// and average in arenas (one contiguous buffer each) that share the layout
 /// `offsets`: tensor i occupies [offsets[i], offsets[i] + extent(i)).
-template <class Storage, class C, class Space>
+/// W is the element type of the snapshot and average arenas (what travels):
+/// the storage type, or the compute type when a master copy is kept, so
+/// that an average does not round the master weights to 16 bits.
+template <class Storage, class C, class Space, class W = Storage>
 struct pass_args {
+  using wire_type = W;
   static constexpr int max_state = 2;
   const tensor_list<Storage, Space>* weights = nullptr;
   const tensor_list<const Storage, Space>* grads = nullptr;  ///< only for local_step
@@ -26,9 +31,14 @@ struct pass_args {
   /// writes the rounded result to the storage weights.
   C* master = nullptr;
   C* state[max_state] = {nullptr, nullptr};
-  Storage* snapshot = nullptr;
-  const Storage* average = nullptr;
+  W* snapshot = nullptr;
+  const W* average = nullptr;
   kernels::merge_coeffs<C> merge{C(1), C(0), C(0)};
+  /// Non-finite guard: when set and the stage writes the snapshot, the pass
+  /// lowers *nonfinite to the index of the first tensor whose snapshot
+  /// holds a NaN or an infinity (it is left alone when all are finite).
+  /// Lives in the backend's memory space. Null: no check, no cost.
+  std::uint32_t* nonfinite = nullptr;
 };
 
 /// Which backend serves tensors in a memory space (specialized by backends).

@@ -5,6 +5,8 @@
 
 #include <concepts>
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 
 namespace dasgd {
 
@@ -40,15 +42,39 @@ struct schedule_event {
     wait_begin,   ///< the trainer starts blocking on the in-flight average
     wait_end,     ///< ... and it is complete
     merge,        ///< the average was merged in this step
+    /// How long the last merged average's collective itself took
+    /// (`seconds`), reported by communicators whose waits do not show it
+    /// (stream-ordered NCCL waits return at once); sent once per average,
+    /// at a later step_begin.
+    collective_time,
   };
   kind what;
   std::int64_t step;
   bool ready = false;
+  double seconds = -1.0;
 };
 
 template <class P>
 concept observing_delay_policy = delay_policy<P> && requires(P& p, const schedule_event& e) {
   p.observe(e);
 };
+
+/// Policies whose ranks may plan different delays from their own
+/// measurements (policy::adaptive_delay) declare
+/// `static constexpr bool agree_on_max_delay = true`: the trainer then
+/// makes every rank use the largest delay any rank planned, agreed through
+/// the signature of the average before. For every other policy, ranks that
+/// plan different delays are an error on every rank. A wrapper that
+/// exposes its inner policy as inner() inherits the inner policy's choice.
+template <class P>
+constexpr bool agrees_on_max_delay() {
+  if constexpr (requires { requires P::agree_on_max_delay; }) {
+    return true;
+  } else if constexpr (requires(const P& p) { p.inner(); }) {
+    return agrees_on_max_delay<std::remove_cvref_t<decltype(std::declval<const P&>().inner())>>();
+  } else {
+    return false;
+  }
+}
 
 }  // namespace dasgd

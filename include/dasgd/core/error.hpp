@@ -42,6 +42,10 @@ class checkpoint_error : public error { using error::error; };
 /// The trainer was driven out of order (e.g. a merge with nothing in flight).
 class state_error : public error { using error::error; };
 
+/// A NaN or an infinity where the non-finite guard looks (a snapshot about
+/// to be averaged); the message names the rank, the tensor and the step.
+class nonfinite_error : public error { using error::error; };
+
 namespace detail {
 
 template <class... Args>

@@ -101,6 +101,14 @@ DASGD_HOST_DEVICE Storage to_storage(Compute x) {
   }
 }
 
+/// True unless x is a NaN or an infinity, on host and device alike: x - x
+/// is 0 for every finite x and NaN otherwise (no <cmath> overload set,
+/// which differs between the host and the device compiler).
+template <class C>
+DASGD_HOST_DEVICE bool is_finite(C x) {
+  return x - x == C(0);
+}
+
 /// Square root in compute precision, usable on host and device.
 template <class C>
 DASGD_HOST_DEVICE C sqrt_of(C x) {

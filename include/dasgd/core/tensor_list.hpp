@@ -53,6 +53,18 @@ class tensor_list {
     return *this;
   }
 
+  /// Points tensor i at other memory (no allocation): e.g. gradients that
+  /// a framework re-allocates between steps.
+  void rebind(std::size_t i, T* data, std::size_t n) {
+    DASGD_REQUIRE(i < data_.size(), config_error, "rebind: tensor ", i, " of a list of ",
+                  data_.size());
+    DASGD_REQUIRE(data != nullptr || n == 0, config_error, "tensor ", i,
+                  " has a null data pointer and ", n, " elements");
+    total_ = total_ - sizes_[i] + n;
+    data_[i] = data;
+    sizes_[i] = n;
+  }
+
   /// A const view of the same tensors (gradients are read-only).
   operator tensor_list<const T, Space>() const
     requires(!std::is_const_v<T>)

@@ -8,6 +8,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <string>
+
+#include "../core/error.hpp"
 
 #include "../core/local_optimizer.hpp"
 #include "../core/precision.hpp"
@@ -46,6 +49,13 @@ struct adamw {
   double weight_decay = 1e-2;
 
   const char* name() const { return "adamw"; }
+
+  /// Hyper-parameters every rank must share (the learning rate, which
+  /// schedules change, is compared separately).
+  std::string describe() const {
+    return ::dasgd::detail::concat("adamw(beta1=", beta1, ", beta2=", beta2, ", eps=", eps,
+                                   ", weight_decay=", weight_decay, ")");
+  }
 
   void validate() const {
     detail::require_positive_finite(lr, "adamw learning rate");

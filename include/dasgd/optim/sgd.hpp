@@ -8,6 +8,9 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+
+#include "../core/error.hpp"
 
 #include "../core/local_optimizer.hpp"
 #include "../detail/validate.hpp"
@@ -50,6 +53,14 @@ struct sgd {
   bool nesterov = false;
 
   const char* name() const { return momentum != 0.0 ? "sgd-momentum" : "sgd"; }
+
+  /// Hyper-parameters every rank must share (the learning rate, which
+  /// schedules change, is compared separately).
+  std::string describe() const {
+    return ::dasgd::detail::concat("sgd(momentum=", momentum, ", dampening=", dampening,
+                                   ", weight_decay=", weight_decay, ", nesterov=", nesterov ? 1 : 0,
+                                   ")");
+  }
 
   void validate() const {
     detail::require_positive_finite(lr, "sgd learning rate");

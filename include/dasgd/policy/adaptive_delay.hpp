@@ -10,12 +10,21 @@
 // clamped to [min_delay, tau - 1]: it grows at once when a merge blocks and
 // shrinks only after a whole window of faster averages, so a single fast
 // round does not make the next one block.
+//
+// Ranks measure different times, so they may plan different delays; the
+// policy declares agree_on_max_delay and the trainer makes every rank use
+// the largest delay planned by any rank (exchanged in the signature of the
+// average before). Where the host never blocks on a collective (NCCL waits
+// are stream-ordered), the trainer reports the collective's own duration
+// (collective_time events) and the needed delay includes
+// ceil(margin * duration / t_step).
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <deque>
+#include <string>
 
 #include "../core/delay_policy.hpp"
 #include "../core/error.hpp"
@@ -55,7 +64,16 @@ class adaptive_delay {
     delay_ = o_.initial_delay;
   }
 
+  static constexpr bool agree_on_max_delay = true;
+
   round_plan plan(std::int64_t) { return {o_.tau, delay_, false}; }
+
+  std::string describe() const {
+    return ::dasgd::detail::concat("adaptive_delay(tau=", o_.tau, ", initial_delay=", o_.initial_delay,
+                                   ", min_delay=", o_.min_delay, ", max_delay=", o_.max_delay,
+                                   ", window=", o_.window, ", margin=", o_.margin,
+                                   ", smoothing=", o_.smoothing, ")");
+  }
 
   void observe(const schedule_event& e) {
     const double t = clock_.now();
@@ -92,6 +110,17 @@ class adaptive_delay {
         }
         break;
       case K::merge:
+        break;
+      case K::collective_time:
+        // The host did not see this collective's time (it never blocked on
+        // it): what it would have needed, from its measured duration.
+        if (e.seconds >= 0.0 && step_seconds_ > 0.0 && !needed_.empty()) {
+          const auto from_time =
+              static_cast<std::int64_t>(std::ceil(o_.margin * e.seconds / step_seconds_));
+          needed_.back() = std::max(needed_.back(), from_time);
+          const std::int64_t worst = *std::max_element(needed_.begin(), needed_.end());
+          delay_ = std::clamp(worst, o_.min_delay, o_.max_delay);
+        }
         break;
     }
   }

@@ -2,14 +2,22 @@
 // collectives in flight on it, and whatever drives their progress (a
 // progress thread, or the caller's own test()/wait() calls).
 //
-// Every collective starts with a signature exchange: a 2-word MPI_Iallgather
-// of (count or value, kind and element type). Only after it has completed
-// and every rank has seen the same table does an average start its data
-// MPI_Iallreduce, so a size, type or kind mismatch between ranks fails the
+// Every collective starts with a signature exchange: an 8-word
+// MPI_Iallgather of (kind, then the signature record of core/collective.hpp:
+// purpose, sequence, count, element type, root, proposal, status). Only
+// after it has completed and every rank has seen the same table does an
+// average (broadcast) start its data MPI_Iallreduce (MPI_Ibcast), so a
+// purpose, sequence, size, type or kind mismatch between ranks fails the
 // collective on every rank with a message naming both sides. The data
 // collective is never issued with mismatched counts: OpenMPI 4.1 answers
 // that with a silently wrong result on one rank and MPI_ERR_TRUNCATE, or a
 // segfault in the shared-memory transport, on the others.
+//
+// A collective that a peer never joins times out (timeout_error). From then
+// on the engine does not wait for it again: shutdown leaves it stranded
+// (its memory is kept alive) and mpi_environment, seeing a stranded
+// collective, ends the job with MPI_Abort instead of hanging in
+// MPI_Finalize.
 //
 // Memory safety when a request is dropped early: MPI only ever touches
 // engine-owned staging memory. An average copies `send` into a staging
@@ -26,6 +34,8 @@
 #include "mpi_header.hpp"
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <chrono>
 #include <climits>
 #include <condition_variable>
@@ -42,6 +52,7 @@
 #include <utility>
 #include <vector>
 
+#include "../../core/collective.hpp"
 #include "../../core/error.hpp"
 #include "mpi_error.hpp"
 
@@ -49,7 +60,7 @@ namespace dasgd::comm::detail {
 
 /// One collective on an mpi_engine.
 struct mpi_op {
-  enum class kind : std::uint32_t { average = 1, gather = 2 };
+  enum class kind : std::uint32_t { average = 1, gather = 2, broadcast = 3 };
   enum class phase {
     queued,       ///< posted; signature exchange not issued yet
     copying_in,   ///< the driver copies `send` into staging (reads user memory)
@@ -63,7 +74,10 @@ struct mpi_op {
   kind what = kind::average;
   std::uint64_t seq = 0;
 
-  // An average: recv = sum over ranks of send / size.
+  // An average: recv = sum over ranks of send / size. A broadcast: recv =
+  // the root's send.
+  ::dasgd::collective_signature signature;
+  int root = -1;
   const void* send = nullptr;
   void* recv = nullptr;
   std::size_t count = 0;
@@ -79,9 +93,13 @@ struct mpi_op {
   std::uint64_t value = 0;
   std::vector<std::uint64_t> gathered;
 
+  // What the ranks' signatures combine to (set once the check passed).
+  ::dasgd::collective_agreement agreement;
+
   // MPI state: touched only by whoever drives progress.
-  std::uint64_t signature[2] = {0, 0};
-  std::vector<std::uint64_t> signatures;  // 2 words per rank
+  static constexpr std::size_t signature_words = 1 + ::dasgd::detail::signature_record::words;
+  std::array<std::uint64_t, signature_words> signature_out{};
+  std::vector<std::uint64_t> signatures;  // signature_words per rank
   MPI_Request check = MPI_REQUEST_NULL;
   std::vector<MPI_Request> data;
 
@@ -110,8 +128,19 @@ void mpi_scale_out(const void* staging, void* recv, std::size_t count, int size)
 
 inline std::string describe(const mpi_op& op) {
   if (op.what == mpi_op::kind::gather) return ::dasgd::detail::concat("MPI allgather #", op.seq);
-  return ::dasgd::detail::concat("MPI average #", op.seq, " of ", op.count, " ", op.type_name,
-                                 " elements");
+  return ::dasgd::detail::concat(
+      op.what == mpi_op::kind::broadcast ? "MPI broadcast #" : "MPI average #", op.seq, " of ",
+      op.count, " ", op.type_name, " elements (", ::dasgd::to_string(op.signature.purpose), " #",
+      op.signature.sequence, ")");
+}
+
+inline const char* kind_name(std::uint64_t k) {
+  switch (static_cast<mpi_op::kind>(k)) {
+    case mpi_op::kind::average: return "an average";
+    case mpi_op::kind::gather: return "an allgather";
+    case mpi_op::kind::broadcast: return "a broadcast";
+  }
+  return "an unknown collective";
 }
 
 /// Ops that may still be in MPI's hands when their engine goes away (a
@@ -144,9 +173,15 @@ class mpi_registry {
   }
   inline void shutdown_all() noexcept;
 
+  /// Collectives left in MPI's hands by a shut-down engine (a peer never
+  /// joined them). MPI_Finalize would wait for them forever.
+  std::size_t stranded() const noexcept { return stranded_.load(); }
+  void add_stranded(std::size_t n) noexcept { stranded_ += n; }
+
  private:
   std::mutex m_;
   std::vector<mpi_engine*> engines_;
+  std::atomic<std::size_t> stranded_{0};
 };
 
 class mpi_engine {
@@ -219,7 +254,7 @@ class mpi_engine {
                     "the MPI communicator is unusable after an earlier MPI failure: ", poison_);
       op->seq = next_seq_++;
       op->posted_at = std::chrono::steady_clock::now();
-      if (op->what == mpi_op::kind::average) take_staging(*op);
+      if (op->what != mpi_op::kind::gather) take_staging(*op);
       ++in_flight_;
       if (use_thread_) {
         queue_.push_back(op);
@@ -266,6 +301,7 @@ class mpi_engine {
       finished_or_throw(op);
       return;
     }
+    timed_out_ = true;  // shutdown must not wait a second timeout for it
     throw timeout_error(timeout_message(op, start), __FILE__, __LINE__);
   }
 
@@ -279,7 +315,7 @@ class mpi_engine {
     done_cv_.wait(lk, [&] {
       return op.state != mpi_op::phase::copying_in && op.state != mpi_op::phase::scaling_out;
     });
-    if (op.state == mpi_op::phase::queued && op.what == mpi_op::kind::average && !op.copied_in) {
+    if (op.state == mpi_op::phase::queued && op.what != mpi_op::kind::gather && !op.copied_in) {
       copy_in(op);  // the driver has not reached it yet; it skips the copy later
       op.copied_in = true;
     }
@@ -290,11 +326,16 @@ class mpi_engine {
   /// progress thread and frees the communicator. Idempotent.
   void shutdown(const char* reason = "the communicator was destroyed") noexcept {
     std::lock_guard once(shutdown_m_);
+    bool timed_out = false;
     {
       std::lock_guard lk(m_);
       if (shut_down_) return;
+      timed_out = timed_out_;
     }
-    const auto deadline = std::chrono::steady_clock::now() + timeout_;
+    // After a timeout the collectives in flight wait for a peer that is gone
+    // or stalled: waiting a second timeout would only delay the error.
+    const auto deadline = std::chrono::steady_clock::now() +
+                          (timed_out ? std::chrono::milliseconds(0) : timeout_);
     if (use_thread_) {
       std::unique_lock lk(m_);
       done_cv_.wait_until(lk, deadline, [&] { return in_flight_ == 0; });
@@ -344,8 +385,15 @@ class mpi_engine {
                    "still in flight after %lld ms; their buffers and the communicator are kept "
                    "alive (leaked) so that MPI never writes into freed memory\n",
                    rank_, size_, stranded.size(), static_cast<long long>(timeout_.count()));
+      mpi_registry::instance().add_stranded(stranded.size());
       keep_forever(std::move(stranded));
     }
+  }
+
+  /// True once a wait() on this engine has timed out.
+  bool timed_out() {
+    std::lock_guard lk(m_);
+    return timed_out_;
   }
 
  private:
@@ -476,24 +524,34 @@ class mpi_engine {
 
   /// Issues the signature exchange and stages the send buffer.
   void start(mpi_op& op) {
-    const bool average = op.what == mpi_op::kind::average;
-    op.signature[0] = average ? static_cast<std::uint64_t>(op.count) : op.value;
-    op.signature[1] = (static_cast<std::uint64_t>(op.what) << 32) | op.type_id;
-    op.signatures.assign(2 * static_cast<std::size_t>(size_), 0);
+    const bool data = op.what != mpi_op::kind::gather;
+    op.signature_out.fill(0);
+    op.signature_out[0] = static_cast<std::uint64_t>(op.what);
+    if (data)
+      ::dasgd::detail::signature_record::of(op.signature, op.count, op.type_id, op.root)
+          .pack(op.signature_out.data() + 1);
+    else
+      op.signature_out[1] = op.value;
+    op.signatures.assign(mpi_op::signature_words * static_cast<std::size_t>(size_), 0);
+    // A broadcast reads `send` only on its root.
+    const bool reads_send = op.what == mpi_op::kind::average ||
+                            (op.what == mpi_op::kind::broadcast && op.root == rank_);
     bool copy = false;
     {
       std::lock_guard lk(m_);
-      copy = average && !op.copied_in;
+      copy = reads_send && !op.copied_in;
       set_phase(op, copy ? mpi_op::phase::copying_in : mpi_op::phase::checking);
     }
-    const int rc = MPI_Iallgather(op.signature, 2, MPI_UINT64_T, op.signatures.data(), 2,
-                                  MPI_UINT64_T, comm_, &op.check);
+    const int rc = MPI_Iallgather(op.signature_out.data(), static_cast<int>(mpi_op::signature_words),
+                                  MPI_UINT64_T, op.signatures.data(),
+                                  static_cast<int>(mpi_op::signature_words), MPI_UINT64_T, comm_,
+                                  &op.check);
     if (copy) copy_in(op);  // overlaps the signature exchange
     std::lock_guard lk(m_);
     op.copied_in = op.copied_in || copy;
     if (rc != MPI_SUCCESS) {
       op.check = MPI_REQUEST_NULL;
-      fail_mpi(op, rc, "MPI_Iallgather (size check)");
+      fail_mpi(op, rc, "MPI_Iallgather (signature check)");
       return;
     }
     set_phase(op, mpi_op::phase::checking);
@@ -518,9 +576,12 @@ class mpi_engine {
       fail(op, e);
       return true;
     }
+    const auto word = [&](std::size_t r, std::size_t i) {
+      return op.signatures[mpi_op::signature_words * r + i];
+    };
     if (op.what == mpi_op::kind::gather) {
       op.gathered.resize(static_cast<std::size_t>(size_));
-      for (std::size_t r = 0; r < op.gathered.size(); ++r) op.gathered[r] = op.signatures[2 * r];
+      for (std::size_t r = 0; r < op.gathered.size(); ++r) op.gathered[r] = word(r, 1);
       std::lock_guard lk(m_);
       complete(op);
       return true;
@@ -528,11 +589,13 @@ class mpi_engine {
     for (std::size_t first = 0; first < op.count; first += max_chunk) {
       const int n = static_cast<int>(std::min(max_chunk, op.count - first));
       MPI_Request req = MPI_REQUEST_NULL;
-      const int rc2 = MPI_Iallreduce(MPI_IN_PLACE, op.staging.get() + first * op.element_bytes, n,
-                                     op.type, MPI_SUM, comm_, &req);
+      std::byte* chunk = op.staging.get() + first * op.element_bytes;
+      const int rc2 = op.what == mpi_op::kind::average
+                          ? MPI_Iallreduce(MPI_IN_PLACE, chunk, n, op.type, MPI_SUM, comm_, &req)
+                          : MPI_Ibcast(chunk, n, op.type, op.root, comm_, &req);
       if (rc2 != MPI_SUCCESS) {
         std::lock_guard lk(m_);
-        fail_mpi(op, rc2, "MPI_Iallreduce");
+        fail_mpi(op, rc2, op.what == mpi_op::kind::average ? "MPI_Iallreduce" : "MPI_Ibcast");
         return true;
       }
       op.data.push_back(req);
@@ -542,39 +605,32 @@ class mpi_engine {
     return true;
   }
 
-  std::exception_ptr signature_mismatch(const mpi_op& op) const {
+  /// The error every rank raises when the signatures differ (all ranks see
+  /// the same table), or nullptr. Also records the agreement.
+  std::exception_ptr signature_mismatch(mpi_op& op) const {
     const auto me = static_cast<std::size_t>(rank_);
-    const auto word = [&](std::size_t r, int i) { return op.signatures[2 * r + static_cast<std::size_t>(i)]; };
-    const auto kind_name = [](std::uint64_t w) {
-      const auto k = static_cast<mpi_op::kind>(w >> 32);
-      return k == mpi_op::kind::average ? "an average" : k == mpi_op::kind::gather ? "an allgather" : "an unknown collective";
+    const auto word = [&](std::size_t r, std::size_t i) {
+      return op.signatures[mpi_op::signature_words * r + i];
     };
     for (std::size_t r = 0; r < static_cast<std::size_t>(size_); ++r) {
-      if ((word(r, 1) >> 32) != (word(me, 1) >> 32)) {
+      if (word(r, 0) != word(me, 0)) {
         return std::make_exception_ptr(comm_error(
             ::dasgd::detail::concat("MPI collective #", op.seq, ": rank ", me, " issued ",
-                                    kind_name(word(me, 1)), " but rank ", r, " issued ",
-                                    kind_name(word(r, 1)),
+                                    kind_name(word(me, 0)), " but rank ", r, " issued ",
+                                    kind_name(word(r, 0)),
                                     "; collectives must be issued in the same order on every rank"),
             __FILE__, __LINE__));
       }
     }
-    if (op.what != mpi_op::kind::average) return nullptr;
-    for (std::size_t r = 0; r < static_cast<std::size_t>(size_); ++r) {
-      if (word(r, 0) != word(me, 0) || word(r, 1) != word(me, 1)) {
-        const auto type_name = [&](std::uint64_t w) {
-          const auto id = static_cast<std::uint32_t>(w & 0xFFFFFFFFu);
-          return id == op.type_id ? op.type_name : id == 1 ? "float" : id == 2 ? "double" : "other-type";
-        };
-        return std::make_exception_ptr(size_mismatch_error(
-            ::dasgd::detail::concat("MPI average #", op.seq,
-                                    ": buffer sizes or element types differ across ranks: rank ", me,
-                                    " sent ", word(me, 0), " ", type_name(word(me, 1)),
-                                    " elements, rank ", r, " sent ", word(r, 0), " ",
-                                    type_name(word(r, 1)), " elements"),
-            __FILE__, __LINE__));
-      }
-    }
+    if (op.what == mpi_op::kind::gather) return nullptr;
+    std::vector< ::dasgd::detail::signature_record> records;
+    records.reserve(static_cast<std::size_t>(size_));
+    for (std::size_t r = 0; r < static_cast<std::size_t>(size_); ++r)
+      records.push_back(::dasgd::detail::signature_record::unpack(
+          op.signatures.data() + mpi_op::signature_words * r + 1));
+    const char* where = op.what == mpi_op::kind::average ? "MPI average" : "MPI broadcast";
+    if (auto e = ::dasgd::detail::check_signatures(records, rank_, where)) return e;
+    op.agreement = ::dasgd::detail::combine(records);
     return nullptr;
   }
 
@@ -598,7 +654,12 @@ class mpi_engine {
       write = !op.abandoned;
       if (write) set_phase(op, mpi_op::phase::scaling_out);
     }
-    if (write) op.scale_out(op.staging.get(), op.recv, op.count, size_);
+    if (write) {
+      if (op.what == mpi_op::kind::average)
+        op.scale_out(op.staging.get(), op.recv, op.count, size_);
+      else if (op.count != 0)
+        std::memcpy(op.recv, op.staging.get(), op.count * op.element_bytes);
+    }
     std::lock_guard lk(m_);
     complete(op);
     return true;
@@ -648,6 +709,7 @@ class mpi_engine {
   std::vector<std::pair<std::unique_ptr<std::byte[]>, std::size_t>> pool_;
   std::uint64_t next_seq_ = 0;
   std::size_t in_flight_ = 0;
+  bool timed_out_ = false;
   std::string poison_;
   bool stop_ = false;
   bool shut_down_ = false;

@@ -83,8 +83,9 @@ inline std::string describe(const pass_check& c) {
 /// Blocks a single launch may have (gridDim.x limit).
 inline constexpr std::size_t max_grid_blocks = std::numeric_limits<std::int32_t>::max();
 
-template <stage S, class E, class Storage, class C, fused_update_policy Policy = default_fused_update_policy>
-pass_check can_implement(const pass_args<Storage, C, device_space>& a) {
+template <stage S, class E, class Storage, class C, fused_update_policy Policy = default_fused_update_policy,
+          class W = Storage>
+pass_check can_implement(const pass_args<Storage, C, device_space, W>& a) {
   constexpr fused_update_tuning Tuning = Policy::tuning;
   constexpr bool step = has(S, stage::local_step);
   if (a.weights == nullptr) return {pass_status::missing_weights};
@@ -117,11 +118,11 @@ pass_check can_implement(const pass_args<Storage, C, device_space>& a) {
 /// max_tensors_per_launch tensors and calls launch(params, blocks) for each
 /// full table and the last one. Returns the number of tables.
 template <fused_update_policy Policy, stage S, bool UseMaster, class E, class Storage, class C,
-          class Launch>
-int for_each_chunk_table(const pass_args<Storage, C, device_space>& a, const E& elem,
+          class W, class Launch>
+int for_each_chunk_table(const pass_args<Storage, C, device_space, W>& a, const E& elem,
                          Launch&& launch) {
   constexpr fused_update_tuning Tuning = Policy::tuning;
-  using params = fused_update_params<Storage, C, E, Tuning.max_tensors_per_launch>;
+  using params = fused_update_params<Storage, C, E, Tuning.max_tensors_per_launch, W>;
   // 4 KB is the portable limit; up to 32764 bytes needs CUDA 12.1 and sm_70.
   static_assert(sizeof(params) <= 32764, "chunk table exceeds the kernel parameter limit");
   constexpr bool step = has(S, stage::local_step);
@@ -133,6 +134,7 @@ int for_each_chunk_table(const pass_args<Storage, C, device_space>& a, const E& 
   p.state1 = a.state[1];
   p.snapshot = a.snapshot;
   p.average = a.average;
+  p.nonfinite = has(S, stage::write_snapshot) ? a.nonfinite : nullptr;
 
   const auto& w = *a.weights;
   int tables = 0;
@@ -151,6 +153,7 @@ int for_each_chunk_table(const pass_args<Storage, C, device_space>& a, const E& 
     if (n == 0) continue;
     const std::size_t nb = (n + Tuning.chunk_elements - 1) / Tuning.chunk_elements;
     if (count == Tuning.max_tensors_per_launch || blocks + nb > max_grid_blocks) flush();
+    p.tensor_index[count] = static_cast<std::uint32_t>(i);
     p.first_block[count] = static_cast<std::uint32_t>(blocks);
     p.weights[count] = w.data(i);
     p.grads[count] = step ? a.grads->data(i) : nullptr;
@@ -165,11 +168,12 @@ int for_each_chunk_table(const pass_args<Storage, C, device_space>& a, const E& 
 
 /// Launches the fused pass over every tensor of args.weights on `stream`
 /// (one launch per chunk table). Returns the number of launches.
-template <fused_update_policy Policy, stage S, bool UseMaster, class E, class Storage, class C>
-int launch_fused_update(const pass_args<Storage, C, device_space>& a, const E& elem,
+template <fused_update_policy Policy, stage S, bool UseMaster, class E, class Storage, class C,
+          class W>
+int launch_fused_update(const pass_args<Storage, C, device_space, W>& a, const E& elem,
                         cudaStream_t stream) {
   return for_each_chunk_table<Policy, S, UseMaster>(a, elem, [&](const auto& p, std::size_t blocks) {
-    fused_update_kernel<Policy, static_cast<unsigned>(S), UseMaster, E, Storage, C>
+    fused_update_kernel<Policy, static_cast<unsigned>(S), UseMaster, E, Storage, C, W>
         <<<static_cast<unsigned>(blocks), Policy::tuning.threads_per_block, 0, stream>>>(p);
     DASGD_CUDA_CHECK_LAUNCH("fused_update_kernel launch");
   });
@@ -219,22 +223,22 @@ class cuda_backend {
   /// One fused pass of stage set S over every tensor of args.weights, with
   /// the default tuning. Asynchronous on stream(); throws config_error or
   /// size_mismatch_error (before launching) for invalid arguments.
-  template <kernels::stage S, optimizer_element E, class Storage, class C>
-  void run(const pass_args<Storage, C, device_space>& args, const E& elem) const {
+  template <kernels::stage S, optimizer_element E, class Storage, class C, class W>
+  void run(const pass_args<Storage, C, device_space, W>& args, const E& elem) const {
     run_tuned<kernels::cuda::default_fused_update_policy, S>(args, elem);
   }
 
   /// run() with an explicit tuning policy (benchmarks, other
   /// architectures); returns the number of kernel launches it made.
   template <kernels::cuda::fused_update_policy Policy, kernels::stage S, optimizer_element E,
-            class Storage, class C>
-  int run_tuned(const pass_args<Storage, C, device_space>& args, const E& elem) const {
+            class Storage, class C, class W>
+  int run_tuned(const pass_args<Storage, C, device_space, W>& args, const E& elem) const {
     static_assert(std::is_same_v<typename E::compute_type, C>,
                   "the element functor computes in another type than the pass");
-    static_assert(E::state_count <= pass_args<Storage, C, device_space>::max_state,
+    static_assert(E::state_count <= pass_args<Storage, C, device_space, W>::max_state,
                   "the optimizer needs more state arenas than pass_args carries");
     namespace kc = kernels::cuda;
-    const kc::pass_check check = kc::can_implement<S, E, Storage, C, Policy>(args);
+    const kc::pass_check check = kc::can_implement<S, E, Storage, C, Policy, W>(args);
     if (!check) {
       const std::string msg = "cuda_backend: " + kc::describe(check);
       if (check.status == kc::pass_status::gradient_count ||

@@ -48,16 +48,20 @@ namespace dasgd::kernels::cuda {
 
 /// Everything one launch needs; passed by value as the kernel parameter.
 /// Arena pointers are bases: tensor t's slice starts at arena_offset[t].
-template <class Storage, class C, class E, int MaxTensors>
+/// W is the snapshot/average (wire) type. nonfinite, when set, receives
+/// (atomicMin) the list index of a tensor whose snapshot is not finite.
+template <class Storage, class C, class E, int MaxTensors, class W = Storage>
 struct fused_update_params {
   E element;
   merge_coeffs<C> merge{C(1), C(0), C(0)};
   C* master = nullptr;
   C* state0 = nullptr;
   C* state1 = nullptr;
-  Storage* snapshot = nullptr;
-  const Storage* average = nullptr;
+  W* snapshot = nullptr;
+  const W* average = nullptr;
+  std::uint32_t* nonfinite = nullptr;
   int tensor_count = 0;
+  std::uint32_t tensor_index[MaxTensors] = {};
   std::uint32_t first_block[MaxTensors] = {};
   Storage* weights[MaxTensors] = {};
   const Storage* grads[MaxTensors] = {};
@@ -113,16 +117,31 @@ DASGD_HOST_DEVICE bool aligned_to(const void* p) {
 
 /// One chunk's streams, already advanced to the chunk start. Pointers of
 /// streams the pass does not touch stay null and are never dereferenced.
-template <class Storage, class C>
+/// check_finite: the snapshot values written are tested (guard on).
+template <class Storage, class C, class W = Storage>
 struct chunk_streams {
   Storage* DASGD_RESTRICT w = nullptr;
   C* DASGD_RESTRICT master = nullptr;
   const Storage* DASGD_RESTRICT g = nullptr;
   C* DASGD_RESTRICT s0 = nullptr;
   C* DASGD_RESTRICT s1 = nullptr;
-  Storage* DASGD_RESTRICT snap = nullptr;
-  const Storage* DASGD_RESTRICT avg = nullptr;
+  W* DASGD_RESTRICT snap = nullptr;
+  const W* DASGD_RESTRICT avg = nullptr;
+  bool check_finite = false;
 };
+
+/// The value a snapshot stores for weight wi (rounded to storage ws): the
+/// stored weight itself, or the unrounded value when W is wider.
+template <class W, class Storage, class C>
+DASGD_HOST_DEVICE W snapshot_value(C wi, Storage ws) {
+  if constexpr (std::is_same_v<W, Storage>) {
+    (void)wi;
+    return ws;
+  } else {
+    (void)ws;
+    return to_storage<W>(wi);
+  }
+}
 
 /// V elements already in registers: the element math and the rounding to
 /// storage. ws receives the storage value written to w and the snapshot.
@@ -150,11 +169,14 @@ DASGD_UNROLL
 /// of every stream per thread and access. Each iteration loads U groups
 /// (strided by the block size, so a warp's accesses stay contiguous) before
 /// computing any: more independent loads in flight per thread.
-template <stage S, bool UseMaster, int V, int U, class E, class Storage, class C>
-DASGD_HOST_DEVICE void chunk_vector(const chunk_streams<Storage, C>& p, std::uint32_t groups,
+/// Returns false when a snapshot value it wrote is not finite (and
+/// p.check_finite is set).
+template <stage S, bool UseMaster, int V, int U, class E, class Storage, class C, class W>
+DASGD_HOST_DEVICE bool chunk_vector(const chunk_streams<Storage, C, W>& p, std::uint32_t groups,
                                     const E& e, const merge_coeffs<C>& m, std::uint32_t thread,
                                     std::uint32_t threads) {
   using use = stream_use<S, UseMaster, E::state_count>;
+  bool finite = true;
   for (std::uint32_t base = thread; base < groups; base += threads * U) {
     C w[U][V] = {}, g[U][V] = {}, s0[U][V] = {}, s1[U][V] = {}, avg[U][V] = {}, snap[U][V] = {};
     Storage ws[U][V];
@@ -183,19 +205,29 @@ DASGD_UNROLL
       if constexpr (use::states > 1) store_vector(p.s1 + j, s1[u]);
       if constexpr (UseMaster && use::writes_w) store_vector(p.master + j, w[u]);
       if constexpr (use::writes_w) store_vector(p.w + j, ws[u]);
-      if constexpr (use::writes_snap) store_vector(p.snap + j, ws[u]);
+      if constexpr (use::writes_snap) {
+        W sv[V];
+DASGD_UNROLL
+        for (int k = 0; k < V; ++k) sv[k] = snapshot_value<W>(w[u][k], ws[u][k]);
+        store_vector(p.snap + j, sv);
+        if (p.check_finite)
+DASGD_UNROLL
+          for (int k = 0; k < V; ++k) finite = finite && is_finite(to_compute<C>(sv[k]));
+      }
     }
   }
+  return finite;
 }
 
 /// Scalar path: elements [begin, end) of a chunk, Unroll elements per thread
 /// and iteration (strided by the block size, so accesses stay coalesced).
-template <stage S, bool UseMaster, int Unroll, class E, class Storage, class C>
-DASGD_HOST_DEVICE void chunk_scalar(const chunk_streams<Storage, C>& p, std::uint32_t begin,
+template <stage S, bool UseMaster, int Unroll, class E, class Storage, class C, class W>
+DASGD_HOST_DEVICE bool chunk_scalar(const chunk_streams<Storage, C, W>& p, std::uint32_t begin,
                                     std::uint32_t end, const E& e, const merge_coeffs<C>& m,
                                     std::uint32_t thread, std::uint32_t threads) {
   using use = stream_use<S, UseMaster, E::state_count>;
   const std::uint32_t stride = threads;
+  bool finite = true;
   for (std::uint32_t base = begin + thread; base < end; base += stride * Unroll) {
     C w[Unroll] = {}, g[Unroll] = {}, s0[Unroll] = {}, s1[Unroll] = {}, avg[Unroll] = {},
       snap[Unroll] = {};
@@ -225,9 +257,14 @@ DASGD_UNROLL
       if constexpr (use::states > 1) p.s1[j] = s1[k];
       if constexpr (UseMaster && use::writes_w) p.master[j] = w[k];
       if constexpr (use::writes_w) p.w[j] = ws[k];
-      if constexpr (use::writes_snap) p.snap[j] = ws[k];
+      if constexpr (use::writes_snap) {
+        const W sv = snapshot_value<W>(w[k], ws[k]);
+        p.snap[j] = sv;
+        if (p.check_finite) finite = finite && is_finite(to_compute<C>(sv));
+      }
     }
   }
+  return finite;
 }
 
 /// The tensor slot that owns `block`: the last t with first_block[t] <= block.
@@ -245,21 +282,29 @@ DASGD_HOST_DEVICE int tensor_of_block(const P& p, std::uint32_t block) {
 /// The work of thread `thread` (of `threads`) of block `block`. Threads
 /// share nothing, so a host loop over every (block, thread) pair runs a
 /// launch exactly (the host emulation test does that).
-template <class Policy, stage S, bool UseMaster, class E, class Storage, class C, int MaxTensors>
-DASGD_HOST_DEVICE void update_block(const fused_update_params<Storage, C, E, MaxTensors>& p,
+/// Returns false when the guard is on and a snapshot value the thread
+/// wrote is not finite.
+template <class Policy, stage S, bool UseMaster, class E, class Storage, class C, int MaxTensors,
+          class W>
+DASGD_HOST_DEVICE bool update_block(const fused_update_params<Storage, C, E, MaxTensors, W>& p,
                                     std::uint32_t block, std::uint32_t thread,
                                     std::uint32_t threads) {
   static_assert(fused_update_policy<Policy>, "invalid fused_update_tuning");
   static_assert(16 % sizeof(Storage) == 0, "storage type size must divide 16 bytes");
   static_assert(16 % sizeof(C) == 0, "compute type size must divide 16 bytes");
+  static_assert(16 % sizeof(W) == 0, "snapshot type size must divide 16 bytes");
   constexpr fused_update_tuning Tuning = Policy::tuning;
   using use = stream_use<S, UseMaster, E::state_count>;
   // 16 bytes of the widest stream per access (see the file comment).
   constexpr bool compute_streams = UseMaster || use::states > 0;
-  constexpr std::size_t widest =
+  constexpr std::size_t narrow_widest =
       compute_streams && sizeof(C) > sizeof(Storage) ? sizeof(C) : sizeof(Storage);
+  constexpr bool wire_streams = use::touches_snap || use::reads_avg;
+  constexpr std::size_t widest =
+      wire_streams && sizeof(W) > narrow_widest ? sizeof(W) : narrow_widest;
   constexpr int V = static_cast<int>(16 / widest);
-  constexpr std::size_t storage_align = V * sizeof(Storage), compute_align = V * sizeof(C);
+  constexpr std::size_t storage_align = V * sizeof(Storage), compute_align = V * sizeof(C),
+                        wire_align = V * sizeof(W);
 
   const int t = tensor_of_block(p, block);
   const std::size_t begin = static_cast<std::size_t>(block - p.first_block[t]) * Tuning.chunk_elements;
@@ -268,7 +313,8 @@ DASGD_HOST_DEVICE void update_block(const fused_update_params<Storage, C, E, Max
       remaining < Tuning.chunk_elements ? remaining : Tuning.chunk_elements);
   const std::size_t off = p.arena_offset[t] + begin;
 
-  chunk_streams<Storage, C> s;
+  chunk_streams<Storage, C, W> s;
+  s.check_finite = use::writes_snap && p.nonfinite != nullptr;
   bool aligned = true;
   if constexpr (use::touches_w) {
     s.w = p.weights[t] + begin;
@@ -292,32 +338,39 @@ DASGD_HOST_DEVICE void update_block(const fused_update_params<Storage, C, E, Max
   }
   if constexpr (use::touches_snap) {
     s.snap = p.snapshot + off;
-    aligned = aligned && aligned_to<storage_align>(s.snap);
+    aligned = aligned && aligned_to<wire_align>(s.snap);
   }
   if constexpr (use::reads_avg) {
     s.avg = p.average + off;
-    aligned = aligned && aligned_to<storage_align>(s.avg);
+    aligned = aligned && aligned_to<wire_align>(s.avg);
   }
 
   if (aligned) {
     const std::uint32_t groups = len / V;
-    chunk_vector<S, UseMaster, V, Tuning.vector_unroll>(s, groups, p.element, p.merge, thread,
-                                                        threads);
-    chunk_scalar<S, UseMaster, 1>(s, groups * V, len, p.element, p.merge, thread, threads);
-  } else {
-    chunk_scalar<S, UseMaster, 4>(s, 0, len, p.element, p.merge, thread, threads);
+    const bool a = chunk_vector<S, UseMaster, V, Tuning.vector_unroll>(s, groups, p.element,
+                                                                      p.merge, thread, threads);
+    const bool b = chunk_scalar<S, UseMaster, 1>(s, groups * V, len, p.element, p.merge, thread,
+                                                threads);
+    return a && b;
   }
+  return chunk_scalar<S, UseMaster, 4>(s, 0, len, p.element, p.merge, thread, threads);
 }
 
 }  // namespace detail
 
 /// StageBits is the stage set as an integer: nvcc 13's host stubs cannot
 /// spell a scoped-enum template argument that names no single enumerator.
-template <class Policy, unsigned StageBits, bool UseMaster, class E, class Storage, class C>
+template <class Policy, unsigned StageBits, bool UseMaster, class E, class Storage, class C,
+          class W = Storage>
 __global__ void __launch_bounds__(Policy::tuning.threads_per_block, Policy::tuning.min_blocks_per_sm)
-    fused_update_kernel(const fused_update_params<Storage, C, E, Policy::tuning.max_tensors_per_launch> p) {
-  detail::update_block<Policy, static_cast<stage>(StageBits), UseMaster>(p, blockIdx.x, threadIdx.x,
-                                                                         blockDim.x);
+    fused_update_kernel(
+        const fused_update_params<Storage, C, E, Policy::tuning.max_tensors_per_launch, W> p) {
+  const bool finite = detail::update_block<Policy, static_cast<stage>(StageBits), UseMaster>(
+      p, blockIdx.x, threadIdx.x, blockDim.x);
+  if (!finite) {
+    const int t = detail::tensor_of_block(p, blockIdx.x);
+    atomicMin(p.nonfinite, p.tensor_index[t]);
+  }
 }
 
 }  // namespace dasgd::kernels::cuda

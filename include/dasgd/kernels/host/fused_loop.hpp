@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <type_traits>
 
 #include "../../core/precision.hpp"
 #include "../fused_element.hpp"
@@ -13,15 +14,19 @@ namespace dasgd::kernels::host {
 /// master == nullptr: the storage weights are the source of truth.
 /// Otherwise the pass reads and updates the master copy and writes the
 /// rounded weights (mixed-precision training with 16-bit storage).
-template <stage S, bool UseMaster, optimizer_element E, class Storage,
-          class C = typename E::compute_type>
-void fused_loop(std::size_t n, Storage* DASGD_RESTRICT w, C* DASGD_RESTRICT master,
+/// W is the snapshot/average type: with a master copy the snapshot is the
+/// unrounded master value. CheckFinite: returns false when a snapshot value
+/// written is a NaN or an infinity (true otherwise, and always without it).
+template <stage S, bool UseMaster, bool CheckFinite = false, optimizer_element E, class Storage,
+          class W, class C = typename E::compute_type>
+bool fused_loop(std::size_t n, Storage* DASGD_RESTRICT w, C* DASGD_RESTRICT master,
                 const Storage* DASGD_RESTRICT g, C* DASGD_RESTRICT s0, C* DASGD_RESTRICT s1,
-                Storage* DASGD_RESTRICT snap, const Storage* DASGD_RESTRICT avg,
-                const merge_coeffs<C> m, const E e) {
+                W* DASGD_RESTRICT snap, const W* DASGD_RESTRICT avg, const merge_coeffs<C> m,
+                const E e) {
   constexpr int N = E::state_count;
   constexpr bool step = has(S, stage::local_step);
   constexpr bool writes_w = step || has(S, stage::merge);
+  bool finite = true;
   for (std::size_t i = 0; i < n; ++i) {
     C st[N > 0 ? N : 1] = {};
     if constexpr (step && N > 0) st[0] = s0[i];
@@ -39,8 +44,14 @@ void fused_loop(std::size_t n, Storage* DASGD_RESTRICT w, C* DASGD_RESTRICT mast
     const Storage ws = to_storage<Storage>(wi);
     if constexpr (UseMaster && writes_w) master[i] = wi;
     if constexpr (writes_w) w[i] = ws;
-    if constexpr (has(S, stage::write_snapshot)) snap[i] = ws;
+    if constexpr (has(S, stage::write_snapshot)) {
+      // Without a master copy the snapshot is the stored weight itself.
+      const W sv = std::is_same_v<W, Storage> ? static_cast<W>(ws) : to_storage<W>(wi);
+      snap[i] = sv;
+      if constexpr (CheckFinite) finite = finite && is_finite(to_compute<C>(sv));
+    }
   }
+  return finite;
 }
 
 }  // namespace dasgd::kernels::host

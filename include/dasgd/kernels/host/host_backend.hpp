@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -62,22 +63,38 @@ class host_backend {
   void fence() const {}
 
   /// One fused pass of stage set S over every tensor of args.weights.
-  template <kernels::stage S, optimizer_element E, class Storage, class C>
-  void run(const pass_args<Storage, C, host_space>& args, const E& elem) const {
+  template <kernels::stage S, optimizer_element E, class Storage, class C, class W>
+  void run(const pass_args<Storage, C, host_space, W>& args, const E& elem) const {
+    if constexpr (has(S, kernels::stage::write_snapshot)) {
+      if (args.nonfinite != nullptr) {
+        run_checked<S, true>(args, elem);
+        return;
+      }
+    }
+    run_checked<S, false>(args, elem);
+  }
+
+ private:
+  template <kernels::stage S, bool CheckFinite, class E, class Storage, class C, class W>
+  static void run_checked(const pass_args<Storage, C, host_space, W>& args, const E& elem) {
     const auto& w = *args.weights;
     for (std::size_t i = 0; i < w.size(); ++i) {
       const std::size_t off = args.offsets[i];
       const Storage* g = has(S, kernels::stage::local_step) ? args.grads->data(i) : nullptr;
       C* s0 = args.state[0] ? args.state[0] + off : nullptr;
       C* s1 = args.state[1] ? args.state[1] + off : nullptr;
-      Storage* snap = args.snapshot ? args.snapshot + off : nullptr;
-      const Storage* avg = args.average ? args.average + off : nullptr;
-      if (args.master)
-        kernels::host::fused_loop<S, true>(w.extent(i), w.data(i), args.master + off, g, s0, s1,
-                                           snap, avg, args.merge, elem);
-      else
-        kernels::host::fused_loop<S, false>(w.extent(i), w.data(i), static_cast<C*>(nullptr), g, s0, s1, snap,
-                                            avg, args.merge, elem);
+      W* snap = args.snapshot ? args.snapshot + off : nullptr;
+      const W* avg = args.average ? args.average + off : nullptr;
+      const bool finite =
+          args.master
+              ? kernels::host::fused_loop<S, true, CheckFinite>(w.extent(i), w.data(i),
+                                                               args.master + off, g, s0, s1,
+                                                               snap, avg, args.merge, elem)
+              : kernels::host::fused_loop<S, false, CheckFinite>(w.extent(i), w.data(i),
+                                                                static_cast<C*>(nullptr), g, s0,
+                                                                s1, snap, avg, args.merge, elem);
+      if (!finite && static_cast<std::uint32_t>(i) < *args.nonfinite)
+        *args.nonfinite = static_cast<std::uint32_t>(i);
     }
   }
 };
