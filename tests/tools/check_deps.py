@@ -252,6 +252,9 @@ class Needs:
             line = re.sub(r"'[^']*'", "''", line)
             line = re.sub(r'"(?:[^"\\]|\\.)*"', '""', line)
             line = re.sub(r"\$\(\(.*?\)\)", "0", line)
+            line = re.sub(r"\(\(.*?\)\)", "true", line)               # (( arithmetic ))
+            line = re.sub(r"\b\w+\+?=\([^)]*\)", "x=1", line)          # arrays: a=(x y)
+            line = re.sub(r"^\s*[^\s()][^()]*?\)(?=\s|$)", "", line)     # case patterns: x|y)
             line = re.sub(r"\[\[.*?\]\]", "true", line)
             line = re.sub(r"\$\{[^}]*\}", "x", line)
             for seg in re.split(r"\|\||&&|[|;&`]|\$\(|\(|\)|\{|\}", line):
@@ -266,13 +269,14 @@ class Needs:
                 if not words:
                     continue
                 w = words[0].strip("\"")
-                if w in functions and len(words) > 1:
-                    # A wrapper (run cmake --build ...): its argument is a
-                    # command when it names a program.
-                    nxt = words[1].strip("\"")
-                    if re.match(r"^[a-z][a-z0-9_.+-]*$", nxt) and (
-                            nxt in IMAGE_PROGRAMS or shutil.which(nxt, path=SYSTEM_PATH)):
-                        self.add("command", nxt, here)
+                if w in functions:
+                    # A wrapper (step "name" cmake --build ...): its first
+                    # argument that names a program is a command.
+                    for nxt in words[1:]:
+                        if re.match(r"^[a-z][a-z0-9_.+-]*$", nxt) and (
+                                nxt in IMAGE_PROGRAMS or shutil.which(nxt, path=SYSTEM_PATH)):
+                            self.add("command", nxt, here)
+                            break
                 if w in SHELL_WORDS or w in functions or w.startswith(("$", "-", "\"", "./")):
                     continue
                 if re.match(r"^[a-z][a-z0-9_.+-]*$", w):
