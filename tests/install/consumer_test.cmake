@@ -10,6 +10,7 @@
 #                   mpiexec -n 2); a program exit of 77 means "built, not
 #                   run" (no device).
 #   STEP=configure_fails  configuring CONSUMER must fail with EXPECT_TEXT.
+#                   PROGRAM: the consumer's executable (default: consumer).
 # Common inputs: SCRATCH (a folder this test owns), GENERATOR.
 function(run)
   execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
@@ -82,7 +83,10 @@ elseif(STEP STREQUAL "consumer" OR STEP STREQUAL "configure_fails")
   endif()
   run(${_configure})
   run(${CMAKE_COMMAND} --build ${SCRATCH}/build)
-  execute_process(COMMAND ${LAUNCHER} ${SCRATCH}/build/consumer RESULT_VARIABLE rc
+  if(NOT PROGRAM)
+    set(PROGRAM consumer)
+  endif()
+  execute_process(COMMAND ${LAUNCHER} ${SCRATCH}/build/${PROGRAM} RESULT_VARIABLE rc
                   OUTPUT_VARIABLE out ERROR_VARIABLE err)
   if(rc EQUAL 77)
     message(STATUS "built and linked; not run: ${out}")
