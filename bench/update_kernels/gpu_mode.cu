@@ -31,6 +31,7 @@
 #include "bench_case.hpp"
 #include "dispatch.hpp"
 #include "modes.hpp"
+#include "progress.hpp"
 #include "results.hpp"
 #include "tunings.hpp"
 
@@ -387,10 +388,12 @@ int run_gpu_mode(const options& o) {
                           device_buffer<unsigned char>(std::max<std::size_t>(2 * dev.l2_bytes, 1 << 20),
                                                        stream)};
     csv_writer csv(o.csv);
+    case_progress progress(plan.cases.size() * o.tunings.size());
     for (const auto& tuning : o.tunings) {
       with_tuning(tuning, [&]<class Policy>() {
         std::ostringstream t;
         t << Policy::tuning;
+        progress.erase();
         std::printf("tuning %s: %s\n", tuning.c_str(), t.str().c_str());
         print_table_header("copy");
         std::vector<result_row> rows;
@@ -399,8 +402,10 @@ int run_gpu_mode(const options& o) {
           DASGD_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
           const std::size_t need = case_footprint(c);
           if (need + (256u << 20) > free_b) {
+            progress.erase();
             std::printf("%-48s skipped: needs %.1f GiB, %.1f GiB free\n", c.key().c_str(),
                         need / double(1u << 30), free_b / double(1u << 30));
+            progress.case_done();
             continue;
           }
           result_row r;
@@ -420,18 +425,23 @@ int run_gpu_mode(const options& o) {
                 r = measure_case<__half, Policy>(c, o, dev, shared, stream, tuning);
                 break;
               } else {
+                progress.erase();
                 std::printf("%-48s skipped: fp16 is timed with the default tuning only\n",
                             c.key().c_str());
+                progress.case_done();
                 continue;
               }
             case precision_key::fp64:
               DASGD_THROW(config_error, "fp64 is a host-mode precision");
           }
+          progress.erase();
           print_row(r);
           csv.write(r);
           failures += r.check != "ok";
           rows.push_back(r);
+          progress.case_done();
         }
+        progress.erase();
         if (!rows.empty()) print_goal_summary(rows);
         std::printf("\n");
       });

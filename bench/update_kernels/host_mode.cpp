@@ -10,6 +10,7 @@
 
 #include "host_mode.hpp"
 #include "modes.hpp"
+#include "progress.hpp"
 
 namespace dasgd::bench {
 
@@ -57,26 +58,35 @@ int run_host_mode(const options& o) {
 
   const case_plan plan = make_plan(o);
   csv_writer csv(o.csv);
+  std::printf("%zu cases x %zu thread count(s); check: n/a in host mode (the host backend is\n"
+              "the reference the GPU mode is checked against, so there is nothing to check)\n\n",
+              plan.cases.size(), threads.size());
   print_table_header("triad");
   std::map<int, std::vector<double>> ratios;
   const double limit = o.max_host_gib * double(1u << 30);
+  case_progress progress(plan.cases.size() * threads.size());
   for (const auto& c : plan.cases) {
     const bool fp64 = c.precision->key == precision_key::fp64;
     const double bytes = static_cast<double>(fp64 ? host::case_arenas<double>::footprint(c)
                                                   : host::case_arenas<float>::footprint(c));
     if (bytes > limit) {
+      progress.erase();
       std::printf("%-48s skipped: needs %.1f GiB of buffers, --max-host-gib is %.1f\n",
                   c.key().c_str(), bytes / double(1u << 30), o.max_host_gib);
+      for (std::size_t i = 0; i < threads.size(); ++i) progress.case_done();
       continue;
     }
     for (int t : threads) {
       const result_row r = fp64 ? host::measure_case<double>(c, t, o, device)
                                 : host::measure_case<float>(c, t, o, device);
+      progress.erase();
       print_row(r);
       csv.write(r);
       ratios[t].push_back(r.ratio());
+      progress.case_done();
     }
   }
+  progress.erase();
 
   constexpr double goal = 0.80;
   std::printf("\nfused / stream-triad bandwidth ratio (goal >= %.2f):\n", goal);

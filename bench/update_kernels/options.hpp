@@ -56,7 +56,11 @@ inline const char* usage_text() {
          "  --no-flush-l2        gpu: do not evict L2 between samples\n"
          "  --csv PATH           write the results as CSV\n"
          "  --list               print the cases and their bytes per element, run nothing\n"
-         "exit status: 0 done, 1 a case failed its correctness check, 2 bad arguments,\n"
+         "output: one table row per case; on a terminal, stderr also shows 'case i/N' and\n"
+         "        an estimate of the time left. The check column: gpu mode compares each\n"
+         "        case's result with the host backend (ok or FAIL); host mode has no\n"
+         "        reference to compare with and shows n/a.\n"
+         "exit status: 0 done, 1 a gpu case FAILed its check (or an error), 2 bad arguments,\n"
          "             77 gpu mode without a CUDA device (skipped)\n";
 }
 

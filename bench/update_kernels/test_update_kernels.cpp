@@ -12,6 +12,7 @@
 #include "bench_case.hpp"
 #include "host_mode.hpp"
 #include "options.hpp"
+#include "progress.hpp"
 #include "results.hpp"
 
 using namespace dasgd::bench;
@@ -216,4 +217,21 @@ TEST_CASE("median of pair ratios") {
   CHECK(median_pair_ratio({1.0, 10.0, 2.0}, {0.9, 9.0, 1.8}) == doctest::Approx(0.9));
   CHECK(median_pair_ratio({1.0, 2.0}, {0.5, 2.0}) == doctest::Approx(0.75));
   CHECK_THROWS_AS(median_pair_ratio({1.0}, {1.0, 2.0}), dasgd::state_error);
+}
+
+TEST_CASE("progress line: case i/N and the time left at the mean time per case") {
+  CHECK(progress_line(0, 10, 0.0) == "case 0/10");
+  CHECK(progress_line(5, 10, 20.0) == "case 5/10, about 20 s left");
+  CHECK(progress_line(3, 10, 30.0) == "case 3/10, about 1 min 10 s left");
+  CHECK(progress_line(10, 10, 99.0) == "case 10/10");
+  case_progress quiet(4, false);  // not a terminal: counts, draws nothing
+  quiet.case_done();
+  CHECK(quiet.done() == 1);
+}
+
+TEST_CASE("the help explains the check column and the exit status") {
+  const std::string help = usage_text();
+  CHECK(help.find("host mode has no") != std::string::npos);
+  CHECK(help.find("n/a") != std::string::npos);
+  CHECK(help.find("case i/N") != std::string::npos);
 }

@@ -99,7 +99,7 @@ run_summary train(Comm comm, Optim optim, Merge merge, const training_options& o
   // dasgd sees the Eigen objects themselves through the Eigen adaptor.
   dasgd::delayed_averager trainer(
       dasgd::make_tensor_list(params.W1, params.b1, params.W2, params.b2, params.W3, params.b3),
-      std::move(comm), dasgd::policy::fixed_delay{o.tau, o.delay}, optim, merge);
+      std::move(comm), dasgd::policy::fixed_delay{.tau = o.tau, .delay = o.delay}, optim, merge);
   const dasgd::tensor_list<const float> gradient_list(grads.W1, grads.b1, grads.W2, grads.b2,
                                                       grads.W3, grads.b3);
 
@@ -169,7 +169,7 @@ run_summary train_worker(Comm comm, const training_options& o, const dataset_vie
   auto with_merge = [&](auto optim) {
     if (o.merge == merge_kind::additive)
       return detail::train(std::move(comm), optim, dasgd::merge::additive{}, o, data, sinks);
-    return detail::train(std::move(comm), optim, dasgd::merge::mix{o.mix_p}, o, data, sinks);
+    return detail::train(std::move(comm), optim, dasgd::merge::mix{.update_proportion = o.mix_p}, o, data, sinks);
   };
   if (o.optimizer == optimizer_kind::adamw) {
     return with_merge(dasgd::optim::adamw{.lr = lr, .weight_decay = o.weight_decay});

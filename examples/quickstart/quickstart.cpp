@@ -35,9 +35,9 @@ int main() {
     const int r = comm.rank();
     std::vector<float> w(dim, 0.0f), grad(dim);
     dasgd::delayed_averager trainer(dasgd::make_tensor_list(w), comm,
-                                    dasgd::policy::fixed_delay{/*tau=*/4, /*delay=*/1},
+                                    dasgd::policy::fixed_delay{.tau = 4, .delay = 1},
                                     dasgd::optim::sgd{.lr = 0.05, .momentum = 0.9},
-                                    dasgd::merge::mix{0.25});
+                                    dasgd::merge::mix{.update_proportion = 0.25});
     for (int k = 0; k < steps; ++k) {
       // Gradient of the mean squared error on this worker's shard.
       std::fill(grad.begin(), grad.end(), 0.0f);

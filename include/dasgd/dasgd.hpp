@@ -17,6 +17,7 @@
 #include "core/precision.hpp"
 #include "core/tensor.hpp"
 #include "core/tensor_list.hpp"
+#include "core/trainer_for.hpp"
 #include "comm/inproc.hpp"
 #include "kernels/host/host_backend.hpp"
 #include "merge/additive.hpp"

@@ -45,12 +45,26 @@ auto make_trainer(std::vector<float>& w, Optim o = optim::sgd{.lr = 0.1}, Merge 
 }
 }  // namespace
 
+/// A configuration aggregate with a bad value: its validate() and the
+/// trainer constructed with it throw E naming the value.
+template <class E, class Policy, class Merge = merge::mix>
+void require_rejected(Policy p, Merge m, std::initializer_list<const char*> needles) {
+  require_throw<E>([&] { p.validate(); m.validate(); }, needles);
+  std::vector<float> w(3, 0.0f);
+  require_throw<E>([&] { make_trainer(w, optim::sgd{.lr = 0.1}, m, p); }, needles);
+}
+
 TEST_CASE("tau and delay out of range") {
-  require_throw<config_error>([] { (void)policy::fixed_delay(0, 0); }, {"tau", "got 0"});
-  require_throw<config_error>([] { (void)policy::fixed_delay(-3, 0); }, {"got -3"});
-  require_throw<config_error>([] { (void)policy::fixed_delay(4, 4); }, {"delay 4", "[0, 4)"});
-  require_throw<config_error>([] { (void)policy::fixed_delay(4, -1); }, {"delay -1"});
-  require_throw<config_error>([] { policy::warmup<policy::fixed_delay>(-1, {4, 1}); }, {"-1"});
+  require_rejected<config_error>(policy::fixed_delay{0, 0}, merge::mix{}, {"tau", "got 0"});
+  require_rejected<config_error>(policy::fixed_delay{.tau = -3, .delay = 0}, merge::mix{}, {"got -3"});
+  require_rejected<config_error>(policy::fixed_delay{4, 4}, merge::mix{}, {"delay 4", "[0, 4)"});
+  require_rejected<config_error>(policy::fixed_delay{.delay = -1}, merge::mix{}, {"delay -1"});
+  require_rejected<config_error>(policy::fixed_delay{.delay = 4}, merge::mix{}, {"delay 4", "[0, 4)"});
+  require_rejected<config_error>(policy::warmup{.sync_steps = -1, .inner = policy::fixed_delay{}},
+                                 merge::mix{}, {"sync_steps", "got -1"});
+  // The warm-up checks its inner policy too.
+  require_rejected<config_error>(policy::warmup{.sync_steps = 2, .inner = policy::fixed_delay{2, 2}},
+                                 merge::mix{}, {"delay 2", "[0, 2)"});
   require_throw<config_error>([] { policy::adaptive_delay<>({.tau = 4, .initial_delay = 4}); },
                               {"initial delay 4"});
   require_throw<config_error>([] { policy::adaptive_delay<>({.tau = 0}); }, {"got 0"});
@@ -83,11 +97,15 @@ TEST_CASE("a policy that plans a delay the next round cannot hold is rejected") 
 }
 
 TEST_CASE("update proportion outside [0, 1]") {
-  require_throw<config_error>([] { (void)merge::mix(1.5); }, {"1.5"});
-  require_throw<config_error>([] { (void)merge::mix(-0.25); }, {"-0.25"});
-  require_throw<config_error>([] { (void)merge::mix(not_a_number); }, {"nan"});
-  require_throw<config_error>([] { (void)merge::linear(1.0, 1.0, 1.0); }, {"sum to 3"});
-  require_throw<config_error>([] { (void)merge::linear(infinity, 0.0, 0.0, false); }, {"inf"});
+  const policy::fixed_delay fd{};
+  require_rejected<config_error>(fd, merge::mix{1.5}, {"update_proportion", "1.5"});
+  require_rejected<config_error>(fd, merge::mix{.update_proportion = -0.25}, {"-0.25"});
+  require_rejected<config_error>(fd, merge::mix{not_a_number}, {"nan"});
+  require_rejected<config_error>(fd, merge::linear{1.0, 1.0, 1.0}, {"sum to 3"});
+  require_rejected<config_error>(
+      fd, merge::linear{.a = infinity, .b = 0.0, .c = 0.0, .require_consensus = false}, {"inf"});
+  // Without the consensus requirement any finite coefficients are accepted.
+  CHECK_NOTHROW(merge::linear{.a = 1.0, .b = 1.0, .c = 1.0, .require_consensus = false}.validate());
   // A rule mutated after construction is re-checked when the trainer reads it.
   std::vector<float> w(2);
   merge::mix m;

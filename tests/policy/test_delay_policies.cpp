@@ -4,6 +4,9 @@
 
 #include <dasgd/dasgd.hpp>
 
+#include <type_traits>
+#include <vector>
+
 #include "support/fake_comm.hpp"
 
 using namespace dasgd;
@@ -16,12 +19,55 @@ static_assert(observing_delay_policy<policy::warmup<policy::adaptive_delay<>>>);
 static_assert(!observing_delay_policy<policy::warmup<policy::fixed_delay>>);
 
 TEST_CASE("fixed and warm-up plans") {
-  CHECK(policy::fixed_delay(4, 1).plan(7) == round_plan{4, 1, false});
+  CHECK(policy::fixed_delay{.tau = 4, .delay = 1}.plan(7) == round_plan{4, 1, false});
   CHECK(policy::synchronous().plan(0) == round_plan{1, 0, false});
-  policy::warmup<policy::fixed_delay> w(2, {4, 3});
+  policy::warmup w{.sync_steps = 2, .inner = policy::fixed_delay{4, 3}};
   CHECK(w.plan(0) == round_plan{1, 0, true});
   CHECK(w.plan(1) == round_plan{1, 0, true});
   CHECK(w.plan(2) == round_plan{4, 3, false});
+}
+
+// Every policy and merge rule is an aggregate with usable defaults.
+static_assert(std::is_aggregate_v<policy::fixed_delay>);
+static_assert(std::is_aggregate_v<policy::warmup<>>);
+static_assert(std::is_aggregate_v<merge::mix>);
+static_assert(std::is_aggregate_v<merge::linear>);
+static_assert(std::is_aggregate_v<merge::additive>);
+static_assert(std::is_same_v<decltype(policy::warmup{.sync_steps = 1, .inner = policy::adaptive_delay<>{}}),
+                             policy::warmup<policy::adaptive_delay<>>>);
+
+TEST_CASE("defaults of the configuration aggregates") {
+  const policy::fixed_delay f{};
+  CHECK(f.tau == 4);
+  CHECK(f.delay == 1);
+  CHECK_NOTHROW(f.validate());
+  const policy::warmup<> w{};
+  CHECK(w.sync_steps == 0);
+  CHECK(w.inner.tau == 4);
+  CHECK_NOTHROW(w.validate());
+  CHECK(merge::mix{}.update_proportion == 0.25);
+  CHECK(merge::mix{}.coefficients() == merge_coefficients{0.25, 0.75, 0.0});
+  const merge::linear l{};
+  CHECK(l.coefficients() == merge_coefficients{1.0, 0.0, 0.0});
+  CHECK(l.require_consensus);
+  CHECK_NOTHROW(l.validate());
+  // Fields not named keep their defaults.
+  CHECK(policy::fixed_delay{.tau = 8}.delay == 1);
+  CHECK(merge::linear{.a = 0.5, .b = 0.5}.c == 0.0);
+}
+
+TEST_CASE("the trainer runs the warm-up's synchronous steps, then the inner policy") {
+  std::vector<float> w(4, 0.0f), g(4, 1.0f);
+  delayed_averager tr(make_tensor_list(w), test::fake_communicator{},
+                      policy::warmup{.sync_steps = 3, .inner = policy::fixed_delay{.tau = 4, .delay = 2}},
+                      optim::sgd{.lr = 0.1}, merge::mix{});
+  for (int k = 0; k < 3; ++k) {
+    const auto r = tr.step(g);
+    CHECK(r.launched);
+    CHECK(r.merged);  // delay 0: merged in the step that launched it
+  }
+  CHECK(tr.current_plan() == round_plan{4, 2, false});
+  CHECK(tr.steps_taken() == 3);
 }
 
 TEST_CASE("adaptive delay from events: the smallest delay that would not have waited") {

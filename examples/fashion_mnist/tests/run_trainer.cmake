@@ -1,6 +1,7 @@
 # Runs the trainer binary and checks its exit code, output and CSV log.
 #   MODE=smoke         2 epochs on 8000 images: must learn (>= 0.6); 2 threads,
-#                      or one worker per rank with LAUNCHER="mpiexec;-n;4"
+#                      or one worker per rank with LAUNCHER="mpiexec;-n;4";
+#                      with PLOT (and PYTHON) the log is plotted to a PNG
 #   MODE=missing_data  a data folder that does not exist: must fail and say
 #                      how to install the dataset
 # cmake -P cannot exit with a chosen code: a skip is reported through the
@@ -35,6 +36,22 @@ if(MODE STREQUAL "smoke")
   endif()
   if(NOT _out MATCHES "epoch 2/2 .*test_acc 0\\.[0-9]+")
     message(FATAL_ERROR "no per-epoch line in the output")
+  endif()
+  # The plot scripts/run-example.sh draws from the log (PLOT: the script,
+  # PYTHON: an interpreter with matplotlib).
+  if(PLOT)
+    set(_png ${WORK_DIR}/smoke.png)
+    file(REMOVE ${_png})
+    execute_process(COMMAND ${PYTHON} ${PLOT} ${_csv} -o ${_png}
+                    RESULT_VARIABLE _rc OUTPUT_VARIABLE _out ERROR_VARIABLE _err)
+    if(NOT _rc EQUAL 0)
+      message(FATAL_ERROR "plot_training.py failed (${_rc}): ${_out}${_err}")
+    endif()
+    file(READ ${_png} _magic LIMIT 4 HEX)
+    if(NOT _magic STREQUAL "89504e47")
+      message(FATAL_ERROR "plot_training.py did not write a PNG to ${_png}")
+    endif()
+    message(STATUS "plot: ${_png}")
   endif()
 elseif(MODE STREQUAL "missing_data")
   execute_process(COMMAND ${TRAINER} --data-dir ${WORK_DIR}/no-such-dir

@@ -1,6 +1,9 @@
 // Fixed schedule: every round has tau local steps and its average is merged
 // `delay` steps after the launch. tau = 1, delay = 0 is synchronous
 // averaging; delay = 0 is classic (blocking) Local SGD.
+//
+// An aggregate: policy::fixed_delay{}, fixed_delay{.tau = 8, .delay = 2} or
+// fixed_delay{8, 2}. The trainer calls validate() when it is constructed.
 #pragma once
 
 #include <cstdint>
@@ -11,10 +14,8 @@
 namespace dasgd::policy {
 
 struct fixed_delay {
-  std::int64_t tau = 4;
-  std::int64_t delay = 1;
-
-  fixed_delay(std::int64_t tau_, std::int64_t delay_) : tau(tau_), delay(delay_) { validate(); }
+  std::int64_t tau = 4;    ///< local steps per round (>= 1)
+  std::int64_t delay = 1;  ///< steps between a round's launch and its merge, in [0, tau)
 
   void validate() const {
     DASGD_REQUIRE(tau >= 1, config_error, "tau (steps per round) must be >= 1, got ", tau);
@@ -25,6 +26,6 @@ struct fixed_delay {
 };
 
 /// Synchronous data-parallel averaging: tau = 1, delay = 0.
-inline fixed_delay synchronous() { return {1, 0}; }
+inline constexpr fixed_delay synchronous() { return {.tau = 1, .delay = 0}; }
 
 }  // namespace dasgd::policy
