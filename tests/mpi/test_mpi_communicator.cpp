@@ -359,3 +359,77 @@ TEST_CASE("with the progress thread an average completes while every rank only s
   CHECK(done);
   CHECK(max_error_vs_mean(recv, comm.size()) <= 2.0 * std::numeric_limits<float>::epsilon());
 }
+
+TEST_CASE("ibroadcast copies the root's buffer to every rank") {
+  for (auto mode : all_progress_modes) {
+    CAPTURE(name_of(mode));
+    mpi_communicator comm(MPI_COMM_WORLD, test_options(mode));
+    for (int root = 0; root < comm.size(); ++root) {
+      for (std::size_t n : {std::size_t(0), std::size_t(1), std::size_t(1000003)}) {
+        const auto send = buffer_of<double>(comm.rank(), n);
+        std::vector<double> recv(n, -1.0);
+        dasgd::collective_signature sig{.purpose = dasgd::collective_purpose::broadcast, .sequence = 7};
+        auto req = comm.ibroadcast(std::span<const double>(send), std::span<double>(recv), root, sig);
+        req.wait();
+        CHECK(recv == buffer_of<double>(root, n));
+      }
+    }
+  }
+}
+
+TEST_CASE("signatures: purpose, sequence and root must agree on every rank; proposals combine") {
+  if (world_size() < 2) return;
+  for (auto mode : all_progress_modes) {
+    CAPTURE(name_of(mode));
+    mpi_communicator comm(MPI_COMM_WORLD, test_options(mode));
+    std::vector<float> s(64, 1.0f), r(64);
+    using dasgd::collective_purpose;
+    // Proposals and status words combine.
+    dasgd::collective_signature ok{.purpose = collective_purpose::step_average,
+                                   .sequence = 3,
+                                   .proposal = 10 + comm.rank(),
+                                   .status = comm.rank() == 1 ? 1u : 0u,
+                                   .status_detail = 5};
+    auto q = comm.iallreduce_average(std::span<const float>(s), std::span<float>(r), ok);
+    q.wait();
+    CHECK(q.agreement().min_proposal == 10);
+    CHECK(q.agreement().max_proposal == 10 + comm.size() - 1);
+    CHECK(q.agreement().status_rank == 1);
+    CHECK(q.agreement().status_detail == 5);
+    // One rank synchronizes while the others step: an error everywhere.
+    dasgd::collective_signature mine{
+        .purpose = comm.rank() == 1 ? collective_purpose::synchronize : collective_purpose::step_average,
+        .sequence = 4};
+    auto m = comm.iallreduce_average(std::span<const float>(s), std::span<float>(r), mine);
+    const auto msg = message_of<dasgd::comm_error>([&] { m.wait(); });
+    CAPTURE(msg);
+    CHECK(contains(msg, "collectives differ across ranks"));
+    CHECK(contains(msg, "synchronize #4"));
+    CHECK(contains(msg, "step average #4"));
+    // A sequence number one ahead.
+    dasgd::collective_signature ahead{.sequence = comm.rank() == 0 ? 9u : 8u};
+    auto a = comm.iallreduce_average(std::span<const float>(s), std::span<float>(r), ahead);
+    CHECK(contains(message_of<dasgd::comm_error>([&] { a.wait(); }), "#9"));
+    // Different roots.
+    auto b = comm.ibroadcast(std::span<const float>(s), std::span<float>(r), comm.rank() == 0 ? 1 : 0,
+                             {.purpose = collective_purpose::broadcast});
+    CHECK(contains(message_of<dasgd::comm_error>([&] { b.wait(); }), "from root"));
+    // The communicator is still usable: mismatches are detected before any
+    // data moves.
+    check_average<float>(comm, 100);
+  }
+}
+
+TEST_CASE("mpi_environment leaves MPI_COMM_WORLD's error handler alone") {
+  // Before: it switched the world communicator to MPI_ERRORS_RETURN, which
+  // changed the error handling of the user's own MPI calls.
+  MPI_Errhandler h = MPI_ERRHANDLER_NULL;
+  REQUIRE(MPI_Comm_get_errhandler(MPI_COMM_WORLD, &h) == MPI_SUCCESS);
+  CHECK(h == MPI_ERRORS_ARE_FATAL);
+  if (h != MPI_ERRHANDLER_NULL) MPI_Errhandler_free(&h);
+  mpi_communicator comm;  // its own duplicate returns errors
+  MPI_Errhandler mine = MPI_ERRHANDLER_NULL;
+  REQUIRE(MPI_Comm_get_errhandler(comm.native_handle(), &mine) == MPI_SUCCESS);
+  CHECK(mine == MPI_ERRORS_RETURN);
+  if (mine != MPI_ERRHANDLER_NULL) MPI_Errhandler_free(&mine);
+}

@@ -260,3 +260,48 @@ TEST_CASE("a rank that stalls makes the others' step throw timeout_error; the tr
   // collective is through.
   MPI_Barrier(MPI_COMM_WORLD);
 }
+
+TEST_CASE("one rank's synchronize() against the others' step average fails every rank") {
+  if (world_size() < 2) return;
+  std::vector<float> w(100, 1.0f + static_cast<float>(world_rank())), g(100, 0.5f);
+  dasgd::delayed_averager trainer(dasgd::make_tensor_list(w),
+                                  mpi_communicator(MPI_COMM_WORLD, test_options(mpi_progress::thread)),
+                                  dasgd::policy::fixed_delay{.tau = 2, .delay = 1},
+                                  dasgd::optim::sgd{.lr = 0.1}, dasgd::merge::mix{});
+  trainer.step(g);
+  const auto msg = message_of<dasgd::comm_error>([&] {
+    if (world_rank() == 1) {
+      trainer.synchronize();
+    } else {
+      trainer.step(g);
+      trainer.step(g);
+    }
+  });
+  CAPTURE(msg);
+  CHECK(contains(msg, "collectives differ across ranks"));
+  CHECK(contains(msg, "synchronize"));
+}
+
+TEST_CASE("a rank with another delay or merge rule fails at construction on every rank") {
+  if (world_size() < 2) return;
+  std::vector<float> w(10, 1.0f);
+  const auto msg = message_of<dasgd::config_error>([&] {
+    dasgd::delayed_averager trainer(dasgd::make_tensor_list(w), mpi_communicator(),
+                                    dasgd::policy::fixed_delay{.tau = 4, .delay = world_rank() == 1 ? 2 : 1},
+                                    dasgd::optim::sgd{.lr = 0.1}, dasgd::merge::mix{});
+  });
+  CAPTURE(msg);
+  CHECK(contains(msg, "trainer configuration differs across ranks"));
+  CHECK(contains(msg, world_rank() == 1 ? "delay=2" : "delay=1"));
+}
+
+TEST_CASE("broadcast_parameters makes every rank start from the root's weights") {
+  std::vector<double> w(333), g(333, 0.25);
+  for (std::size_t i = 0; i < w.size(); ++i) w[i] = std::cos(double(i) * (1.0 + world_rank()));
+  dasgd::delayed_averager trainer(dasgd::make_tensor_list(w), mpi_communicator(),
+                                  dasgd::policy::fixed_delay{}, dasgd::optim::sgd{.lr = 0.1},
+                                  dasgd::merge::mix{});
+  const int root = world_size() - 1;
+  trainer.broadcast_parameters(root);
+  for (std::size_t i = 0; i < w.size(); ++i) CHECK(w[i] == std::cos(double(i) * (1.0 + root)));
+}

@@ -64,14 +64,17 @@ concept observing_delay_policy = delay_policy<P> && requires(P& p, const schedul
 /// `static constexpr bool agree_on_max_delay = true`: the trainer then
 /// makes every rank use the largest delay any rank planned, agreed through
 /// the signature of the average before. For every other policy, ranks that
-/// plan different delays are an error on every rank. A wrapper that
-/// exposes its inner policy as inner() inherits the inner policy's choice.
+/// plan different delays are an error on every rank. A wrapper that holds
+/// its inner policy as a member `inner` (policy::warmup) or returns it from
+/// inner() inherits the inner policy's choice.
 template <class P>
 constexpr bool agrees_on_max_delay() {
   if constexpr (requires { requires P::agree_on_max_delay; }) {
     return true;
   } else if constexpr (requires(const P& p) { p.inner(); }) {
     return agrees_on_max_delay<std::remove_cvref_t<decltype(std::declval<const P&>().inner())>>();
+  } else if constexpr (requires { &P::inner; }) {
+    return agrees_on_max_delay<std::remove_cvref_t<decltype(std::declval<const P&>().inner)>>();
   } else {
     return false;
   }

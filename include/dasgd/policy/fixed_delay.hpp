@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "../core/delay_policy.hpp"
 #include "../core/error.hpp"
@@ -23,6 +24,9 @@ struct fixed_delay {
                   " is outside [0, tau) = [0, ", tau, ")");
   }
   round_plan plan(std::int64_t) const { return {tau, delay, false}; }
+  std::string describe() const {
+    return ::dasgd::detail::concat("fixed_delay(tau=", tau, ", delay=", delay, ")");
+  }
 };
 
 /// Synchronous data-parallel averaging: tau = 1, delay = 0.

@@ -11,7 +11,9 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
+#include "../core/configuration.hpp"
 #include "../core/delay_policy.hpp"
 #include "../core/error.hpp"
 #include "fixed_delay.hpp"
@@ -38,6 +40,11 @@ struct warmup {
     requires observing_delay_policy<Inner>
   {
     inner.observe(e);
+  }
+
+  std::string describe() const {
+    return ::dasgd::detail::concat("warmup(sync_steps=", sync_steps,
+                                   ", inner=", ::dasgd::detail::describe_component(inner), ")");
   }
 };
 
