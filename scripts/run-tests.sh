@@ -8,6 +8,8 @@
 #               host, MPI (mpiexec on loopback), GPU (skipped without a device)
 #   asan        host tests under AddressSanitizer + UndefinedBehaviorSanitizer
 #   tsan        threaded tests under ThreadSanitizer
+#   fuzz        the checkpoint loader under libFuzzer + ASan/UBSan, two
+#               variants of 30 s each (scripts/run-fuzz.sh)
 # Each build stage is configure, build and ctest; a failed configure skips
 # that stage's build and test, a failed build still runs its tests (the
 # ones that were built report their results).
@@ -48,6 +50,7 @@ step deps scripts/install-deps.sh
 stages=(ci)
 [[ "${1:-}" == "--quick" ]] || stages+=(asan tsan)
 for s in "${stages[@]}"; do preset "$s"; done
+[[ "${1:-}" == "--quick" ]] || step fuzz scripts/run-fuzz.sh 30
 
 failed=0 not_run=0
 echo
