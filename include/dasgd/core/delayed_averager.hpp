@@ -463,6 +463,8 @@ class delayed_averager {
   std::span<const Storage> average() const { return {average_.data(), average_.size()}; }
   std::span<const Compute> snapshot_compute() const { return {snapshot_c_.data(), snapshot_c_.size()}; }
   std::span<const Compute> average_compute() const { return {average_c_.data(), average_c_.size()}; }
+  /// The master weights (compute type, arena layout; empty without them).
+  std::span<const Compute> master_weights() const { return {master_.data(), master_.size()}; }
   std::span<const Compute> optimizer_state(std::size_t s) const {
     return {state_.at(s).data(), arena_size_};
   }

@@ -176,7 +176,7 @@ DASGD_HOST_DEVICE bool chunk_vector(const chunk_streams<Storage, C, W>& p, std::
                                     const E& e, const merge_coeffs<C>& m, std::uint32_t thread,
                                     std::uint32_t threads) {
   using use = stream_use<S, UseMaster, E::state_count>;
-  bool finite = true;
+  unsigned nonfinite = 0;  // OR-reduced, no branches
   for (std::uint32_t base = thread; base < groups; base += threads * U) {
     C w[U][V] = {}, g[U][V] = {}, s0[U][V] = {}, s1[U][V] = {}, avg[U][V] = {}, snap[U][V] = {};
     Storage ws[U][V];
@@ -212,11 +212,11 @@ DASGD_UNROLL
         store_vector(p.snap + j, sv);
         if (p.check_finite)
 DASGD_UNROLL
-          for (int k = 0; k < V; ++k) finite = finite && is_finite(to_compute<C>(sv[k]));
+          for (int k = 0; k < V; ++k) nonfinite |= static_cast<unsigned>(!is_finite(to_compute<C>(sv[k])));
       }
     }
   }
-  return finite;
+  return nonfinite == 0;
 }
 
 /// Scalar path: elements [begin, end) of a chunk, Unroll elements per thread
@@ -227,7 +227,7 @@ DASGD_HOST_DEVICE bool chunk_scalar(const chunk_streams<Storage, C, W>& p, std::
                                     std::uint32_t thread, std::uint32_t threads) {
   using use = stream_use<S, UseMaster, E::state_count>;
   const std::uint32_t stride = threads;
-  bool finite = true;
+  unsigned nonfinite = 0;
   for (std::uint32_t base = begin + thread; base < end; base += stride * Unroll) {
     C w[Unroll] = {}, g[Unroll] = {}, s0[Unroll] = {}, s1[Unroll] = {}, avg[Unroll] = {},
       snap[Unroll] = {};
@@ -260,11 +260,11 @@ DASGD_UNROLL
       if constexpr (use::writes_snap) {
         const W sv = snapshot_value<W>(w[k], ws[k]);
         p.snap[j] = sv;
-        if (p.check_finite) finite = finite && is_finite(to_compute<C>(sv));
+        if (p.check_finite) nonfinite |= static_cast<unsigned>(!is_finite(to_compute<C>(sv)));
       }
     }
   }
-  return finite;
+  return nonfinite == 0;
 }
 
 /// The tensor slot that owns `block`: the last t with first_block[t] <= block.

@@ -26,7 +26,7 @@ bool fused_loop(std::size_t n, Storage* DASGD_RESTRICT w, C* DASGD_RESTRICT mast
   constexpr int N = E::state_count;
   constexpr bool step = has(S, stage::local_step);
   constexpr bool writes_w = step || has(S, stage::merge);
-  bool finite = true;
+  unsigned nonfinite = 0;  // OR-reduced without branches, so the loop stays vectorized
   for (std::size_t i = 0; i < n; ++i) {
     C st[N > 0 ? N : 1] = {};
     if constexpr (step && N > 0) st[0] = s0[i];
@@ -48,10 +48,10 @@ bool fused_loop(std::size_t n, Storage* DASGD_RESTRICT w, C* DASGD_RESTRICT mast
       // Without a master copy the snapshot is the stored weight itself.
       const W sv = std::is_same_v<W, Storage> ? static_cast<W>(ws) : to_storage<W>(wi);
       snap[i] = sv;
-      if constexpr (CheckFinite) finite = finite && is_finite(to_compute<C>(sv));
+      if constexpr (CheckFinite) nonfinite |= static_cast<unsigned>(!is_finite(to_compute<C>(sv)));
     }
   }
-  return finite;
+  return nonfinite == 0;
 }
 
 }  // namespace dasgd::kernels::host
