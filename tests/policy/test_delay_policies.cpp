@@ -107,6 +107,28 @@ TEST_CASE("adaptive delay from events: the smallest delay that would not have wa
   CHECK(p.current_delay() == 1);  // a whole window of fast averages
 }
 
+TEST_CASE("adaptive delay: a collective's own duration counts where the host never waited") {
+  // A stream-ordered (NCCL) wait returns at once: the host sees the average
+  // "ready" one step after the launch although the collective ran for 35 ms
+  // on the device. Its duration, reported later, must raise the delay.
+  policy::manual_clock clock;
+  policy::adaptive_delay<policy::manual_clock> p({.tau = 8, .initial_delay = 1, .window = 2}, clock);
+  for (int k = 0; k < 8; ++k) {
+    p.observe({K::step_begin, k});
+    if (k == 7) p.observe({K::launch, k});
+    clock.advance(0.010);
+  }
+  p.observe({K::step_begin, 8});
+  p.observe({K::poll, 8, true});  // the host-side test says complete (stream-ordered)
+  CHECK(p.current_delay() == 1);
+  clock.advance(0.010);
+  p.observe({K::collective_time, 9, true, 0.035});
+  // 35 ms of a 10 ms step, margin 1.2: ceil(4.2) = 5.
+  CHECK(p.current_delay() == 5);
+  p.observe({K::collective_time, 10, true, 0.001});  // a fast one does not lower it at once
+  CHECK(p.current_delay() == 5);
+}
+
 TEST_CASE("adaptive delay stays within [min_delay, tau - 1]") {
   policy::manual_clock clock;
   policy::adaptive_delay<policy::manual_clock> p({.tau = 4, .initial_delay = 1}, clock);
