@@ -24,7 +24,8 @@ struct checkpoint_layout {
   std::size_t tau() const { return round_start() + 8; }
   std::size_t delay() const { return tau() + 8; }
   std::size_t synchronize() const { return delay() + 8; }
-  std::size_t pending() const { return synchronize() + 1; }
+  std::size_t scope() const { return synchronize() + 1; }
+  std::size_t pending() const { return scope() + 4; }
   std::size_t launch_step() const { return pending() + 1; }
   std::size_t merge_step() const { return launch_step() + 8; }
   std::size_t merge_a() const { return merge_step() + 8; }

@@ -101,6 +101,15 @@ struct least_squares {
 template <class T, class Policy, class Optim, class Merge>
 std::vector<vec> train_inproc(const least_squares& problem, int steps, Policy policy, Optim optim,
                               Merge merge, const vec& w0) {
+  return train_inproc<T>(problem, steps, policy, optim, merge, w0,
+                         [](comm::inproc_communicator c) { return c; });
+}
+
+/// The same, over the communicator wrap(c) makes of each rank's in-process
+/// communicator (e.g. comm::wire_format).
+template <class T, class Policy, class Optim, class Merge, class Wrap>
+std::vector<vec> train_inproc(const least_squares& problem, int steps, Policy policy, Optim optim,
+                              Merge merge, const vec& w0, Wrap wrap) {
   comm::inproc_group group(problem.workers);
   std::vector<vec> out(static_cast<std::size_t>(problem.workers));
   comm::run_workers(group, [&](comm::inproc_communicator c) {
@@ -109,7 +118,7 @@ std::vector<vec> train_inproc(const least_squares& problem, int steps, Policy po
     std::vector<T> wa(w0.begin(), w0.begin() + static_cast<std::ptrdiff_t>(split));
     std::vector<T> wb(w0.begin() + static_cast<std::ptrdiff_t>(split), w0.end());
     std::vector<T> ga(wa.size()), gb(wb.size());
-    delayed_averager tr(make_tensor_list(wa, wb), c, policy, optim, merge);
+    delayed_averager tr(make_tensor_list(wa, wb), wrap(c), policy, optim, merge);
     const auto grads = tensor_list<const T>(ga, gb);
     for (int k = 0; k < steps; ++k) {
       vec w(wa.begin(), wa.end());

@@ -61,6 +61,15 @@ struct ref_schedule {
   int tau = 4;
   int delay = 1;
   double a = 0.25, b = 0.75, c = 0.0;  // merge coefficients
+  // DiLoCo-style outer SGD at the merge instead of (a, b, c): with the
+  // pseudo-gradient d = snap - avg, u = mu * u + d and
+  // w -= lr * (nesterov ? d + mu * u : u).
+  bool outer = false;
+  double outer_lr = 1.0, outer_mu = 0.0;
+  bool outer_nesterov = false;
+  // What the wire does to a value (rounding to a 16-bit type); identity if
+  // empty. Applied to each snapshot sent and to the average received.
+  std::function<double(double)> wire{};
 };
 
 /// n workers, `steps` steps of the docs/design.md timeline. grad(i, k, w) returns
@@ -71,14 +80,25 @@ std::vector<vec> simulate_dasgd(int n, int steps, const ref_schedule& s, const O
                                 const std::function<vec(int, int, const vec&)>& grad) {
   std::vector<ref_state> state(static_cast<std::size_t>(n));
   std::vector<vec> snap(static_cast<std::size_t>(n));
+  std::vector<vec> u(static_cast<std::size_t>(n), vec(w[0].size(), 0.0));
   vec avg;
   bool pending = false;
   int merge_at = -1;
   const std::size_t dim = w[0].size();
+  const auto wire = [&](double x) { return s.wire ? s.wire(x) : x; };
   auto merge = [&](int i) {
     auto& wi = w[static_cast<std::size_t>(i)];
-    for (std::size_t j = 0; j < dim; ++j)
-      wi[j] = s.a * wi[j] + s.b * avg[j] + s.c * snap[static_cast<std::size_t>(i)][j];
+    const auto& si = snap[static_cast<std::size_t>(i)];
+    auto& ui = u[static_cast<std::size_t>(i)];
+    for (std::size_t j = 0; j < dim; ++j) {
+      if (s.outer) {
+        const double d = si[j] - avg[j];
+        ui[j] = s.outer_mu * ui[j] + d;
+        wi[j] -= s.outer_lr * (s.outer_nesterov ? d + s.outer_mu * ui[j] : ui[j]);
+      } else {
+        wi[j] = s.a * wi[j] + s.b * avg[j] + s.c * si[j];
+      }
+    }
   };
   for (int k = 0; k < steps; ++k) {
     std::vector<vec> g(static_cast<std::size_t>(n));
@@ -93,9 +113,12 @@ std::vector<vec> simulate_dasgd(int n, int steps, const ref_schedule& s, const O
     if (k % s.tau == s.tau - 1) {
       avg.assign(dim, 0.0);
       for (int i = 0; i < n; ++i) {
-        snap[static_cast<std::size_t>(i)] = w[static_cast<std::size_t>(i)];
-        for (std::size_t j = 0; j < dim; ++j) avg[j] += w[static_cast<std::size_t>(i)][j] / n;
+        auto& si = snap[static_cast<std::size_t>(i)];
+        si = w[static_cast<std::size_t>(i)];
+        for (auto& x : si) x = wire(x);
+        for (std::size_t j = 0; j < dim; ++j) avg[j] += si[j] / n;
       }
+      for (auto& x : avg) x = wire(x);
       if (s.delay == 0) {
         for (int i = 0; i < n; ++i) merge(i);
       } else {

@@ -369,6 +369,7 @@ class inproc_communicator {
                       int root, const collective_signature& sig,
                       void (*reduce)(detail::inproc_op&)) {
     using V = std::remove_cv_t<T>;
+    ::dasgd::detail::require_flat_scope(sig, "the in-process communicator");
     detail::inproc_part part;
     part.send = send.data();
     part.recv = recv.data();

@@ -275,10 +275,9 @@ class mpi_communicator {
   mpi_request post(detail::mpi_op::kind what, std::span<const T> send, std::span<T> recv,
                    int root, const collective_signature& sig) {
     using V = std::remove_cv_t<T>;
-    static_assert(std::is_same_v<V, float> || std::is_same_v<V, double>,
-                  "dasgd::comm::mpi_communicator averages float and double buffers only; keep "
-                  "fp32 master weights or use the NCCL communicator for 16-bit storage");
+    constexpr bool wide = std::is_same_v<V, float> || std::is_same_v<V, double>;
     require_valid();
+    ::dasgd::detail::require_flat_scope(sig, "mpi_communicator");
     DASGD_REQUIRE(send.size() == recv.size(), size_mismatch_error,
                   what == detail::mpi_op::kind::average ? "iallreduce_average" : "ibroadcast",
                   ": send has ", send.size(), " elements but recv has ", recv.size());
@@ -290,7 +289,14 @@ class mpi_communicator {
     op->recv = recv.data();
     op->count = send.size();
     op->element_bytes = sizeof(V);
-    op->type = std::is_same_v<V, float> ? MPI_FLOAT : MPI_DOUBLE;
+    if constexpr (wide) {
+      op->type = std::is_same_v<V, float> ? MPI_FLOAT : MPI_DOUBLE;
+    } else {
+      // 16-bit words summed in fp32 by a user-defined operation.
+      static_assert(sizeof(V) == 2, "16-bit storage types only");
+      op->type = MPI_UINT16_T;
+      op->reduce = detail::mpi_fp32_sum_op<V>();
+    }
     op->type_id = type_id<V>::value;
     op->type_name = type_id<V>::name;
     op->scale_out = &detail::mpi_scale_out<V>;

@@ -34,6 +34,8 @@ struct pass_args {
   W* snapshot = nullptr;
   const W* average = nullptr;
   kernels::merge_coeffs<C> merge{C(1), C(0), C(0)};
+  /// The outer optimizer's state (arena layout; stage::outer_momentum).
+  C* outer = nullptr;
   /// Non-finite guard: when set and the stage writes the snapshot, the pass
   /// lowers *nonfinite to the index of the first tensor whose snapshot
   /// holds a NaN or an infinity (it is left alone when all are finite).

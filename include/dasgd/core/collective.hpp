@@ -45,6 +45,10 @@ struct collective_signature {
   std::int64_t proposal = 0;        ///< a per-rank value; min and max over ranks are reported
   std::uint32_t status = 0;         ///< per-rank status word (0: ok); see status_code
   std::uint32_t status_detail = 0;  ///< e.g. index of the first tensor with a non-finite value
+  /// Which ranks take part: 0 = all of them; a hierarchical communicator
+  /// gives other values a meaning (1: this rank's group). Flat
+  /// communicators reject anything but 0.
+  std::uint32_t scope = 0;
 };
 
 /// Status words the trainer puts in a signature.
@@ -72,6 +76,7 @@ struct signature_record {
   std::uint64_t count = 0;
   std::uint32_t type_id = 0;
   std::int32_t root = -1;  ///< broadcast root, -1 otherwise
+  std::uint32_t scope = 0;
   std::int64_t proposal = 0;
   std::uint32_t status = 0;
   std::uint32_t status_detail = 0;
@@ -80,7 +85,7 @@ struct signature_record {
 
   static signature_record of(const collective_signature& s, std::uint64_t count,
                              std::uint32_t type_id, int root = -1) {
-    return {s.purpose, s.sequence, count, type_id, root, s.proposal, s.status, s.status_detail};
+    return {s.purpose, s.sequence, count, type_id, root, s.scope, s.proposal, s.status, s.status_detail};
   }
 
   void pack(std::uint64_t* out) const {
@@ -88,7 +93,7 @@ struct signature_record {
     out[1] = sequence;
     out[2] = count;
     out[3] = type_id;
-    out[4] = static_cast<std::uint32_t>(root);
+    out[4] = (static_cast<std::uint64_t>(scope) << 32) | static_cast<std::uint32_t>(root);
     out[5] = static_cast<std::uint64_t>(proposal);
     out[6] = (static_cast<std::uint64_t>(status) << 32) | status_detail;
   }
@@ -98,7 +103,8 @@ struct signature_record {
     r.sequence = in[1];
     r.count = in[2];
     r.type_id = static_cast<std::uint32_t>(in[3]);
-    r.root = static_cast<std::int32_t>(static_cast<std::uint32_t>(in[4]));
+    r.root = static_cast<std::int32_t>(static_cast<std::uint32_t>(in[4] & 0xFFFFFFFFu));
+    r.scope = static_cast<std::uint32_t>(in[4] >> 32);
     r.proposal = static_cast<std::int64_t>(in[5]);
     r.status = static_cast<std::uint32_t>(in[6] >> 32);
     r.status_detail = static_cast<std::uint32_t>(in[6] & 0xFFFFFFFFu);
@@ -120,6 +126,7 @@ inline std::string describe(const signature_record& r) {
   std::string s = concat(to_string(r.purpose), " #", r.sequence, " of ", r.count, " ",
                          element_type_name(r.type_id), " elements");
   if (r.purpose == collective_purpose::broadcast) s += concat(" from root ", r.root);
+  if (r.scope != 0) s += concat(" in scope ", r.scope);
   return s;
 }
 
@@ -133,7 +140,7 @@ inline std::exception_ptr check_signatures(std::span<const signature_record> all
   for (std::size_t r = 0; r < all.size(); ++r) {
     const auto& other = all[r];
     const bool same_op = other.purpose == mine.purpose && other.sequence == mine.sequence &&
-                         other.root == mine.root;
+                         other.root == mine.root && other.scope == mine.scope;
     const bool same_data = other.count == mine.count && other.type_id == mine.type_id;
     if (same_op && same_data) continue;
     if (same_op)
@@ -156,6 +163,13 @@ inline std::exception_ptr check_signatures(std::span<const signature_record> all
           __FILE__, __LINE__));
   }
   return nullptr;
+}
+
+/// Flat communicators: every collective spans all ranks.
+inline void require_flat_scope(const collective_signature& s, const char* communicator) {
+  DASGD_REQUIRE(s.scope == 0, config_error, communicator, " has a single level, but a collective ",
+                "asks for scope ", s.scope,
+                "; group scopes need a hierarchical communicator (comm/hierarchical.hpp)");
 }
 
 inline collective_agreement combine(std::span<const signature_record> all) {

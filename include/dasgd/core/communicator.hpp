@@ -58,6 +58,24 @@ struct comm_memory_space<C> { using type = typename C::memory_space; };
 template <class C>
 using comm_memory_space_t = typename detail::comm_memory_space<C>::type;
 
+namespace detail {
+template <class C>
+struct comm_wire_type {
+  using type = void;
+};
+template <class C>
+  requires requires { typename C::wire_type; }
+struct comm_wire_type<C> {
+  using type = typename C::wire_type;
+};
+}  // namespace detail
+
+/// The element type a communicator wants the snapshots sent in
+/// (comm::wire_format), or void: the trainer then sends the storage type
+/// (the compute type with master weights).
+template <class C>
+using comm_wire_type_t = typename detail::comm_wire_type<C>::type;
+
 /// A group of ranks that can average buffers of element type T.
 template <class C, class T = float>
 concept communicator =

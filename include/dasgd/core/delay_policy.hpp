@@ -19,10 +19,14 @@ namespace dasgd {
 ///               in flight at any time.
 ///  synchronize: merge by replacement (w = avg) instead of the merge rule,
 ///               e.g. for synchronous warm-up rounds.
+///  scope:       the ranks the round's average spans (0: all of them).
 struct round_plan {
   std::int64_t tau = 1;
   std::int64_t delay = 0;
   bool synchronize = false;
+  /// Which ranks this round's average spans (collective_signature::scope):
+  /// 0 = all; hierarchical policies plan group rounds with 1.
+  std::uint32_t scope = 0;
   friend bool operator==(const round_plan&, const round_plan&) = default;
 };
 

@@ -120,6 +120,17 @@ class delayed_averager {
   static_assert(std::is_same_v<comm_memory_space_t<Comm>, memory_space>,
                 "the communicator's buffers live in another memory space than the backend's");
 
+  /// The merge rule keeps an outer optimizer state (merge::outer_sgd).
+  static constexpr bool outer_merge = requires(const Merge& m) { m.outer(); };
+
+  /// The communicator asks for the snapshots in its own type (wire_format).
+  static constexpr bool fixed_wire = !std::is_void_v<comm_wire_type_t<Comm>>;
+  /// What the snapshot and the average arenas hold when fixed_wire.
+  using fixed_wire_type = std::conditional_t<fixed_wire, comm_wire_type_t<Comm>, Storage>;
+  static_assert(!fixed_wire || (dasgd::storage_type<fixed_wire_type> &&
+                                communicator<Comm, fixed_wire_type>),
+                "the communicator's wire type is not a storage type it can average");
+
   /// Collective: every rank constructs its trainer at the same point. Checks
   /// the configuration locally, then that all ranks hold the same parameter
   /// shapes (size_mismatch_error naming both sides otherwise) and the same
@@ -161,7 +172,10 @@ class delayed_averager {
     detail::require_same_configuration(comm_, configuration().text());
 
     offsets_ = detail::arena_offsets(params_.extents(), arena_size_);
-    if (options_.master_weights) {
+    if constexpr (fixed_wire) {
+      snapshot_w_ = backend_.template allocate<fixed_wire_type>(arena_size_);
+      average_w_ = backend_.template allocate<fixed_wire_type>(arena_size_);
+    } else if (options_.master_weights) {
       snapshot_c_ = backend_.template allocate<Compute>(arena_size_);
       average_c_ = backend_.template allocate<Compute>(arena_size_);
     } else {
@@ -170,6 +184,7 @@ class delayed_averager {
     }
     for (std::size_t s = 0; s < optim_.state_count(); ++s)
       state_.push_back(backend_.template allocate<Compute>(arena_size_));
+    if constexpr (outer_merge) outer_ = backend_.template allocate<Compute>(arena_size_);
     if (options_.nonfinite != nonfinite_guard::off)
       nonfinite_flag_ = backend_.template allocate<std::uint32_t>(1);
     if (options_.master_weights) {
@@ -252,6 +267,8 @@ class delayed_averager {
         rep.merged = verdict(rep, "the step average").merge;
         if (!rep.merged)
           run_pass<kernels::plain_step>(&grads, {});
+        else if (pending_outer())
+          run_outer_pass<kernels::step_and_outer>(&grads);
         else if (pending_coeffs_.c != 0.0)
           run_pass<kernels::step_and_correct>(&grads, pending_coeffs_);
         else
@@ -272,7 +289,7 @@ class delayed_averager {
         if (delay == 0) {
           rep.wait_seconds += await_pending();
           rep.merged = verdict(rep, "the step average").merge;
-          if (rep.merged) merge_only(pending_coeffs_);
+          if (rep.merged) merge_pending();
           finish_merge();
         }
       }
@@ -327,7 +344,7 @@ class delayed_averager {
     try {
       await_pending();
       step_report rep;
-      if (verdict(rep, "the step average").merge) merge_only(pending_coeffs_);
+      if (verdict(rep, "the step average").merge) merge_pending();
       finish_merge();
     } catch (const std::exception& e) {
       poison(e.what());
@@ -445,6 +462,7 @@ class delayed_averager {
     c.add("storage", detail::element_type_name(type_id<Storage>::value))
         .add("compute", detail::element_type_name(type_id<Compute>::value))
         .add("master_weights", options_.master_weights ? "1" : "0")
+        .add("wire", wire_name(options_.master_weights))
         .add("nonfinite_guard", to_string(options_.nonfinite))
         .add("backend", backend_name())
         .add("optimizer", detail::describe_component(optim_))
@@ -452,16 +470,21 @@ class delayed_averager {
         .add("merge", detail::describe_component(merge_))
         .add("policy", detail::describe_component(policy_))
         .add("first_round", detail::concat("tau=", plan_.tau, ", delay=", plan_.delay,
-                                           ", synchronize=", plan_.synchronize ? 1 : 0));
+                                           ", synchronize=", plan_.synchronize ? 1 : 0,
+                                           ", scope=", plan_.scope));
     return c;
   }
 
   /// Arenas (memory space of the backend): tensor i is at offsets()[i].
   /// Without master weights the snapshot and the average are kept in the
-  /// storage type; with them, in the compute type (snapshot_compute()).
+  /// storage type; with them, in the compute type (snapshot_compute());
+  /// with a wire_format communicator, in its wire type (snapshot_wire()).
   std::span<const Storage> snapshot() const { return {snapshot_.data(), snapshot_.size()}; }
   std::span<const Storage> average() const { return {average_.data(), average_.size()}; }
   std::span<const Compute> snapshot_compute() const { return {snapshot_c_.data(), snapshot_c_.size()}; }
+  /// With a wire_format communicator: the arenas in its wire type.
+  std::span<const fixed_wire_type> snapshot_wire() const { return {snapshot_w_.data(), snapshot_w_.size()}; }
+  std::span<const fixed_wire_type> average_wire() const { return {average_w_.data(), average_w_.size()}; }
   std::span<const Compute> average_compute() const { return {average_c_.data(), average_c_.size()}; }
   /// The master weights (compute type, arena layout; empty without them).
   std::span<const Compute> master_weights() const { return {master_.data(), master_.size()}; }
@@ -503,6 +526,7 @@ class delayed_averager {
     h.put(plan_.tau);
     h.put(plan_.delay);
     h.put<std::uint8_t>(plan_.synchronize);
+    h.put<std::uint32_t>(plan_.scope);
     h.put<std::uint8_t>(pending_);
     h.put(launch_step_);
     h.put(merge_step_);
@@ -517,6 +541,7 @@ class delayed_averager {
     for (std::size_t i = 0; i < params_.size(); ++i) save_array(w, params_.data(i), params_.extent(i));
     for (auto& s : state_) save_array(w, s.data(), arena_size_);
     if (options_.master_weights) save_array(w, master_.data(), arena_size_);
+    if constexpr (outer_merge) save_array(w, outer_.data(), arena_size_);
     if (pending_) {
       with_wire([&](auto& snap, auto& avg) {
         save_array(w, snap.data(), arena_size_);
@@ -557,6 +582,7 @@ class delayed_averager {
     st.plan.tau = r.get<std::int64_t>("tau");
     st.plan.delay = r.get<std::int64_t>("delay");
     st.plan.synchronize = r.get<std::uint8_t>("synchronize flag") != 0;
+    st.plan.scope = r.get<std::uint32_t>("scope");
     st.pending = r.get<std::uint8_t>("pending flag") != 0;
     st.launch_step = r.get<std::int64_t>("launch step");
     st.merge_step = r.get<std::int64_t>("merge step");
@@ -696,13 +722,20 @@ class delayed_averager {
   }
 
   std::size_t wire_element_bytes() const {
+    if constexpr (fixed_wire) return sizeof(fixed_wire_type);
     return options_.master_weights ? sizeof(Compute) : sizeof(Storage);
+  }
+
+  static const char* wire_name(bool master) {
+    if constexpr (fixed_wire) return detail::element_type_name(type_id<fixed_wire_type>::value);
+    return detail::element_type_name(master ? type_id<Compute>::value : type_id<Storage>::value);
   }
 
   std::uint64_t payload_bytes(bool pending) const {
     std::uint64_t n = params_.total_elements() * sizeof(Storage);
     n += state_.size() * arena_size_ * sizeof(Compute);
     if (options_.master_weights) n += arena_size_ * sizeof(Compute);
+    if constexpr (outer_merge) n += arena_size_ * sizeof(Compute);
     if (pending) n += 2 * arena_size_ * wire_element_bytes();
     return n;
   }
@@ -733,6 +766,7 @@ class delayed_averager {
     for (std::size_t i = 0; i < params_.size(); ++i) load_array(params_.data(i), params_.extent(i), "weights");
     for (auto& s : state_) load_array(s.data(), arena_size_, "optimizer state");
     if (options_.master_weights) load_array(master_.data(), arena_size_, "master weights");
+    if constexpr (outer_merge) load_array(outer_.data(), arena_size_, "outer optimizer state");
     if (pending) {
       with_wire([&](auto& snap, auto& avg) {
         load_array(snap.data(), arena_size_, "snapshot");
@@ -806,9 +840,11 @@ class delayed_averager {
   }
 
   /// The signature of the next collective (and counts it).
-  collective_signature signature(collective_purpose purpose, std::int64_t proposal) {
+  collective_signature signature(collective_purpose purpose, std::int64_t proposal,
+                                 std::uint32_t scope = 0) {
     collective_signature s;
     s.purpose = purpose;
+    s.scope = scope;
     s.sequence = collectives_++;
     s.proposal = proposal;
     if (snapshot_status_ >= 0) {
@@ -821,8 +857,12 @@ class delayed_averager {
   /// Calls f(snapshot arena, average arena) for the arenas in use.
   template <class F>
   decltype(auto) with_wire(F&& f) {
-    if (options_.master_weights) return f(snapshot_c_, average_c_);
-    return f(snapshot_, average_);
+    if constexpr (fixed_wire) {
+      return f(snapshot_w_, average_w_);
+    } else {
+      if (options_.master_weights) return f(snapshot_c_, average_c_);
+      return f(snapshot_, average_);
+    }
   }
 
   /// Starts the average of the snapshot arena into the average arena.
@@ -840,7 +880,7 @@ class delayed_averager {
     // snapshot pass queued on the compute stream (communicator concept).
     // The next round's delay travels with this average, so that every rank
     // learns what the others planned before that round launches.
-    const auto sig = signature(collective_purpose::step_average, next.delay);
+    const auto sig = signature(collective_purpose::step_average, next.delay, plan_.scope);
     guarded([&] { request_.emplace(start_average(sig)); });
     finished_request_.reset();
     pending_ = true;
@@ -933,6 +973,28 @@ class delayed_averager {
     observe(schedule_event::kind::merge);
   }
 
+  /// The in-flight average goes through the merge rule's outer optimizer
+  /// (not a synchronous round's replacement).
+  bool pending_outer() const {
+    if constexpr (outer_merge) return pending_coeffs_ != replace_coefficients;
+    return false;
+  }
+
+  /// Merges the awaited average without a local step.
+  void merge_pending() {
+    if (pending_outer())
+      run_outer_pass<kernels::outer_only>(nullptr);
+    else
+      merge_only(pending_coeffs_);
+  }
+
+  /// An outer-optimizer pass; instantiated only for such merge rules.
+  template <kernels::stage S>
+  void run_outer_pass(const grads_type* grads) {
+    if constexpr (outer_merge) run_pass<S>(grads, pending_coeffs_);
+    else (void)grads;
+  }
+
   void merge_only(const merge_coefficients& mc) {
     if (mc.c != 0.0)
       run_pass<kernels::correct_only>(nullptr, mc);
@@ -972,6 +1034,13 @@ class delayed_averager {
       a.snapshot = snap.data();
       a.average = avg.data();
       a.merge = {Compute(mc.a), Compute(mc.b), Compute(mc.c)};
+      if constexpr (has(S, kernels::stage::outer_momentum) && outer_merge) {
+        const auto o = merge_.outer();
+        a.merge.mu = Compute(o.momentum);
+        a.merge.lr_mu = Compute(o.lr_momentum);
+        a.merge.nesterov = o.nesterov;
+        a.outer = outer_.data();
+      }
       a.nonfinite = check ? nonfinite_flag_.data() : nullptr;
       if constexpr (has(S, kernels::stage::local_step)) {
         optim_.template visit_element<Compute>(
@@ -1045,8 +1114,11 @@ class delayed_averager {
   typename Backend::template buffer<Storage> average_;
   typename Backend::template buffer<Compute> snapshot_c_;
   typename Backend::template buffer<Compute> average_c_;
+  typename Backend::template buffer<fixed_wire_type> snapshot_w_;
+  typename Backend::template buffer<fixed_wire_type> average_w_;
   std::vector<typename Backend::template buffer<Compute>> state_;
   typename Backend::template buffer<Compute> master_;
+  typename Backend::template buffer<Compute> outer_;  ///< merge::outer_sgd's momentum
   typename Backend::template buffer<std::uint32_t> nonfinite_flag_;
   grads_type single_grad_;
 

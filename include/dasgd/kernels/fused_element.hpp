@@ -40,6 +40,19 @@ DASGD_HOST_DEVICE C fused_element(const E& opt, const merge_coeffs<C>& m, C w, C
 
 namespace dasgd::kernels {
 
+/// The outer optimizer's momentum term, after fused_element has applied the
+/// linear part w = (w_local - lr * snap) + lr * avg of an outer SGD step
+/// with the pseudo-gradient snap - avg: u_new = mu * u + (snap - avg);
+/// w -= lr * mu * (nesterov ? u_new : u). With mu = 0 the weight is left
+/// exactly as the linear part made it (the additive rule for lr = 1).
+template <class C>
+DASGD_HOST_DEVICE C outer_momentum_step(const merge_coeffs<C>& m, C w, C snap, C avg, C& u) {
+  const C u_new = m.mu * u + (snap - avg);
+  const C term = m.nesterov ? u_new : u;
+  u = u_new;
+  return w - m.lr_mu * term;
+}
+
 /// Element functor for passes without a local step (merge-only, snapshot-only).
 template <class C>
 struct no_step_element {

@@ -12,6 +12,10 @@ enum class stage : unsigned {
   write_snapshot = 1u << 1,  ///< snap = w (after the local step)
   merge = 1u << 2,           ///< read avg; w = a * w + b * avg
   merge_snapshot = 1u << 3,  ///< also read snap; w += c * snap
+  /// The outer optimizer's momentum (merge::outer_sgd): read and write the
+  /// outer state u; u = mu * u + (snap - avg), w -= lr * mu * (nesterov ?
+  /// u_new : u_old). Goes with merge | merge_snapshot.
+  outer_momentum = 1u << 4,
 };
 
 constexpr stage operator|(stage x, stage y) {
@@ -29,13 +33,19 @@ inline constexpr stage step_and_correct = stage::local_step | stage::merge | sta
 inline constexpr stage mix_only = stage::merge;
 inline constexpr stage correct_only = stage::merge | stage::merge_snapshot;
 inline constexpr stage snapshot_only = stage::write_snapshot;
+inline constexpr stage step_and_outer = step_and_correct | stage::outer_momentum;
+inline constexpr stage outer_only = correct_only | stage::outer_momentum;
 
-/// Merge coefficients in compute precision.
+/// Merge coefficients in compute precision; the last three are read only
+/// by passes with stage::outer_momentum.
 template <class C>
 struct merge_coeffs {
   C a;
   C b;
   C c;
+  C mu = C(0);     ///< outer momentum
+  C lr_mu = C(0);  ///< outer learning rate times mu
+  bool nesterov = false;
 };
 
 }  // namespace dasgd::kernels

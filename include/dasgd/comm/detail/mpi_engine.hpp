@@ -49,11 +49,13 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "../../core/collective.hpp"
 #include "../../core/error.hpp"
+#include "../../core/precision.hpp"
 #include "mpi_error.hpp"
 
 namespace dasgd::comm::detail {
@@ -83,6 +85,7 @@ struct mpi_op {
   std::size_t count = 0;
   std::size_t element_bytes = 0;
   MPI_Datatype type = MPI_DATATYPE_NULL;
+  MPI_Op reduce = MPI_SUM;  ///< a user-defined sum for 16-bit types (mpi_sum_in_fp32)
   std::uint32_t type_id = 0;
   const char* type_name = "";
   void (*scale_out)(const void* staging, void* recv, std::size_t count, int size) = nullptr;
@@ -120,10 +123,32 @@ struct mpi_op {
 /// recv[i] = staging[i] / size, in the element type.
 template <class T>
 void mpi_scale_out(const void* staging, void* recv, std::size_t count, int size) {
-  const T inv = T(1) / static_cast<T>(size);
+  using C = std::conditional_t<std::is_same_v<T, double>, double, float>;
+  const C inv = C(1) / static_cast<C>(size);
   const T* in = static_cast<const T*>(staging);
   T* out = static_cast<T*>(recv);
-  for (std::size_t i = 0; i < count; ++i) out[i] = in[i] * inv;
+  for (std::size_t i = 0; i < count; ++i) out[i] = to_storage<T>(to_compute<C>(in[i]) * inv);
+}
+
+/// MPI_User_function adding 16-bit values (__half, __nv_bfloat16 carried as
+/// MPI_UINT16_T) in fp32, rounding each partial sum once.
+template <class T>
+void mpi_sum_in_fp32(void* in, void* inout, int* len, MPI_Datatype*) {
+  const T* a = static_cast<const T*>(in);
+  T* b = static_cast<T*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = to_storage<T>(to_compute<float>(a[i]) + to_compute<float>(b[i]));
+}
+
+/// The user-defined sums of one process, created once (MPI_Op_create needs
+/// MPI initialized) and left to MPI_Finalize.
+template <class T>
+MPI_Op mpi_fp32_sum_op() {
+  static MPI_Op op = [] {
+    MPI_Op o = MPI_OP_NULL;
+    mpi_check(MPI_Op_create(&mpi_sum_in_fp32<T>, 1, &o), "MPI_Op_create", __FILE__, __LINE__);
+    return o;
+  }();
+  return op;
 }
 
 inline std::string describe(const mpi_op& op) {
@@ -591,7 +616,7 @@ class mpi_engine {
       MPI_Request req = MPI_REQUEST_NULL;
       std::byte* chunk = op.staging.get() + first * op.element_bytes;
       const int rc2 = op.what == mpi_op::kind::average
-                          ? MPI_Iallreduce(MPI_IN_PLACE, chunk, n, op.type, MPI_SUM, comm_, &req)
+                          ? MPI_Iallreduce(MPI_IN_PLACE, chunk, n, op.type, op.reduce, comm_, &req)
                           : MPI_Ibcast(chunk, n, op.type, op.root, comm_, &req);
       if (rc2 != MPI_SUCCESS) {
         std::lock_guard lk(m_);

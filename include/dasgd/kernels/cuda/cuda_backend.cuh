@@ -42,6 +42,7 @@ enum class pass_status {
   missing_state,        ///< state arena `index` is null but the optimizer needs it
   missing_snapshot,     ///< the stage writes or reads the snapshot, which is null
   missing_average,      ///< the stage merges, but the average arena is null
+  missing_outer,        ///< the stage has an outer momentum, but args.outer is null
   tensor_too_large,     ///< tensor `index` needs more blocks than one grid holds
 };
 
@@ -73,6 +74,8 @@ inline std::string describe(const pass_check& c) {
     case pass_status::missing_snapshot:
       return "the stage writes or reads the snapshot but args.snapshot is null";
     case pass_status::missing_average: return "the stage merges but args.average is null";
+    case pass_status::missing_outer:
+      return "the stage applies an outer momentum but args.outer is null";
     case pass_status::tensor_too_large:
       return concat("tensor ", c.index, " has ", c.got, " elements, more than one launch covers (",
                     c.want, ")");
@@ -107,6 +110,8 @@ pass_check can_implement(const pass_args<Storage, C, device_space, W>& a) {
     if (a.snapshot == nullptr) return {pass_status::missing_snapshot};
   if constexpr (has(S, stage::merge))
     if (a.average == nullptr) return {pass_status::missing_average};
+  if constexpr (has(S, stage::outer_momentum))
+    if (a.outer == nullptr) return {pass_status::missing_outer};
   const std::size_t max_elements = max_grid_blocks * Tuning.chunk_elements;
   for (std::size_t i = 0; i < w.size(); ++i)
     if (w.extent(i) > max_elements)
@@ -134,6 +139,7 @@ int for_each_chunk_table(const pass_args<Storage, C, device_space, W>& a, const 
   p.state1 = a.state[1];
   p.snapshot = a.snapshot;
   p.average = a.average;
+  p.outer = a.outer;
   p.nonfinite = has(S, stage::write_snapshot) ? a.nonfinite : nullptr;
 
   const auto& w = *a.weights;

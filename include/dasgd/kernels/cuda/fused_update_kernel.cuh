@@ -59,6 +59,7 @@ struct fused_update_params {
   C* state1 = nullptr;
   W* snapshot = nullptr;
   const W* average = nullptr;
+  C* outer = nullptr;
   std::uint32_t* nonfinite = nullptr;
   int tensor_count = 0;
   std::uint32_t tensor_index[MaxTensors] = {};
@@ -84,6 +85,7 @@ struct stream_use {
   static constexpr bool reads_snap = has(S, stage::merge_snapshot);
   static constexpr bool writes_snap = has(S, stage::write_snapshot);
   static constexpr bool touches_snap = reads_snap || writes_snap;
+  static constexpr bool outer = has(S, stage::outer_momentum);
 };
 
 namespace detail {
@@ -127,6 +129,7 @@ struct chunk_streams {
   C* DASGD_RESTRICT s1 = nullptr;
   W* DASGD_RESTRICT snap = nullptr;
   const W* DASGD_RESTRICT avg = nullptr;
+  C* DASGD_RESTRICT outer = nullptr;
   bool check_finite = false;
 };
 
@@ -149,14 +152,16 @@ template <stage S, class E, class Storage, class C, int V>
 DASGD_HOST_DEVICE void compute_fragment(const E& e, const merge_coeffs<C>& m, C (&w)[V],
                                                  const C (&g)[V], C (&s0)[V], C (&s1)[V],
                                                  const C (&avg)[V], const C (&snap)[V],
-                                                 Storage (&ws)[V]) {
+                                                 C (&outer)[V], Storage (&ws)[V]) {
   constexpr int N = E::state_count;
 DASGD_UNROLL
   for (int k = 0; k < V; ++k) {
     C st[N > 0 ? N : 1] = {};
     if constexpr (N > 0) st[0] = s0[k];
     if constexpr (N > 1) st[1] = s1[k];
-    const C wi = fused_element<S>(e, m, w[k], g[k], st, avg[k], snap[k]);
+    C wi = fused_element<S>(e, m, w[k], g[k], st, avg[k], snap[k]);
+    if constexpr (has(S, stage::outer_momentum)) wi = outer_momentum_step(m, wi, snap[k], avg[k], outer[k]);
+    else (void)outer;
     if constexpr (N > 0) s0[k] = st[0];
     if constexpr (N > 1) s1[k] = st[1];
     w[k] = wi;
@@ -178,7 +183,8 @@ DASGD_HOST_DEVICE bool chunk_vector(const chunk_streams<Storage, C, W>& p, std::
   using use = stream_use<S, UseMaster, E::state_count>;
   unsigned nonfinite = 0;  // OR-reduced, no branches
   for (std::uint32_t base = thread; base < groups; base += threads * U) {
-    C w[U][V] = {}, g[U][V] = {}, s0[U][V] = {}, s1[U][V] = {}, avg[U][V] = {}, snap[U][V] = {};
+    C w[U][V] = {}, g[U][V] = {}, s0[U][V] = {}, s1[U][V] = {}, avg[U][V] = {}, snap[U][V] = {},
+      outer[U][V] = {};
     Storage ws[U][V];
     bool in[U];
 DASGD_UNROLL
@@ -195,12 +201,15 @@ DASGD_UNROLL
       if constexpr (use::states > 1) load_vector(p.s1 + j, s1[u]);
       if constexpr (use::reads_avg) load_vector(p.avg + j, avg[u]);
       if constexpr (use::reads_snap) load_vector(p.snap + j, snap[u]);
+      if constexpr (use::outer) load_vector(p.outer + j, outer[u]);
     }
 DASGD_UNROLL
     for (int u = 0; u < U; ++u) {
       if (!in[u]) continue;
-      compute_fragment<S, E, Storage>(e, m, w[u], g[u], s0[u], s1[u], avg[u], snap[u], ws[u]);
+      compute_fragment<S, E, Storage>(e, m, w[u], g[u], s0[u], s1[u], avg[u], snap[u], outer[u],
+                                      ws[u]);
       const std::size_t j = static_cast<std::size_t>(base + static_cast<std::uint64_t>(u) * threads) * V;
+      if constexpr (use::outer) store_vector(p.outer + j, outer[u]);
       if constexpr (use::states > 0) store_vector(p.s0 + j, s0[u]);
       if constexpr (use::states > 1) store_vector(p.s1 + j, s1[u]);
       if constexpr (UseMaster && use::writes_w) store_vector(p.master + j, w[u]);
@@ -230,7 +239,7 @@ DASGD_HOST_DEVICE bool chunk_scalar(const chunk_streams<Storage, C, W>& p, std::
   unsigned nonfinite = 0;
   for (std::uint32_t base = begin + thread; base < end; base += stride * Unroll) {
     C w[Unroll] = {}, g[Unroll] = {}, s0[Unroll] = {}, s1[Unroll] = {}, avg[Unroll] = {},
-      snap[Unroll] = {};
+      snap[Unroll] = {}, outer[Unroll] = {};
     Storage ws[Unroll];
     bool in[Unroll];
 DASGD_UNROLL
@@ -247,12 +256,14 @@ DASGD_UNROLL
       if constexpr (use::states > 1) s1[k] = p.s1[j];
       if constexpr (use::reads_avg) avg[k] = to_compute<C>(p.avg[j]);
       if constexpr (use::reads_snap) snap[k] = to_compute<C>(p.snap[j]);
+      if constexpr (use::outer) outer[k] = p.outer[j];
     }
-    compute_fragment<S, E, Storage>(e, m, w, g, s0, s1, avg, snap, ws);
+    compute_fragment<S, E, Storage>(e, m, w, g, s0, s1, avg, snap, outer, ws);
 DASGD_UNROLL
     for (int k = 0; k < Unroll; ++k) {
       if (!in[k]) continue;
       const std::uint64_t j = base + static_cast<std::uint64_t>(k) * stride;
+      if constexpr (use::outer) p.outer[j] = outer[k];
       if constexpr (use::states > 0) p.s0[j] = s0[k];
       if constexpr (use::states > 1) p.s1[j] = s1[k];
       if constexpr (UseMaster && use::writes_w) p.master[j] = w[k];
@@ -296,7 +307,7 @@ DASGD_HOST_DEVICE bool update_block(const fused_update_params<Storage, C, E, Max
   constexpr fused_update_tuning Tuning = Policy::tuning;
   using use = stream_use<S, UseMaster, E::state_count>;
   // 16 bytes of the widest stream per access (see the file comment).
-  constexpr bool compute_streams = UseMaster || use::states > 0;
+  constexpr bool compute_streams = UseMaster || use::states > 0 || use::outer;
   constexpr std::size_t narrow_widest =
       compute_streams && sizeof(C) > sizeof(Storage) ? sizeof(C) : sizeof(Storage);
   constexpr bool wire_streams = use::touches_snap || use::reads_avg;
@@ -343,6 +354,10 @@ DASGD_HOST_DEVICE bool update_block(const fused_update_params<Storage, C, E, Max
   if constexpr (use::reads_avg) {
     s.avg = p.average + off;
     aligned = aligned && aligned_to<wire_align>(s.avg);
+  }
+  if constexpr (use::outer) {
+    s.outer = p.outer + off;
+    aligned = aligned && aligned_to<compute_align>(s.outer);
   }
 
   if (aligned) {

@@ -15,14 +15,15 @@ namespace dasgd::kernels::host {
 /// Otherwise the pass reads and updates the master copy and writes the
 /// rounded weights (mixed-precision training with 16-bit storage).
 /// W is the snapshot/average type: with a master copy the snapshot is the
-/// unrounded master value. CheckFinite: returns false when a snapshot value
+/// unrounded master value. `outer`: the outer optimizer's state
+/// (stage::outer_momentum only). CheckFinite: returns false when a snapshot value
 /// written is a NaN or an infinity (true otherwise, and always without it).
 template <stage S, bool UseMaster, bool CheckFinite = false, optimizer_element E, class Storage,
           class W, class C = typename E::compute_type>
 bool fused_loop(std::size_t n, Storage* DASGD_RESTRICT w, C* DASGD_RESTRICT master,
                 const Storage* DASGD_RESTRICT g, C* DASGD_RESTRICT s0, C* DASGD_RESTRICT s1,
                 W* DASGD_RESTRICT snap, const W* DASGD_RESTRICT avg, const merge_coeffs<C> m,
-                const E e) {
+                const E e, C* DASGD_RESTRICT outer = nullptr) {
   constexpr int N = E::state_count;
   constexpr bool step = has(S, stage::local_step);
   constexpr bool writes_w = step || has(S, stage::merge);
@@ -38,7 +39,8 @@ bool fused_loop(std::size_t n, Storage* DASGD_RESTRICT w, C* DASGD_RESTRICT mast
     C w0;
     if constexpr (UseMaster) w0 = master[i];
     else w0 = to_compute<C>(w[i]);
-    const C wi = fused_element<S>(e, m, w0, gi, st, ai, si);
+    C wi = fused_element<S>(e, m, w0, gi, st, ai, si);
+    if constexpr (has(S, stage::outer_momentum)) wi = outer_momentum_step(m, wi, si, ai, outer[i]);
     if constexpr (step && N > 0) s0[i] = st[0];
     if constexpr (step && N > 1) s1[i] = st[1];
     const Storage ws = to_storage<Storage>(wi);

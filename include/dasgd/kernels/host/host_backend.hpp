@@ -85,14 +85,16 @@ class host_backend {
       C* s1 = args.state[1] ? args.state[1] + off : nullptr;
       W* snap = args.snapshot ? args.snapshot + off : nullptr;
       const W* avg = args.average ? args.average + off : nullptr;
+      C* outer = args.outer ? args.outer + off : nullptr;
       const bool finite =
           args.master
               ? kernels::host::fused_loop<S, true, CheckFinite>(w.extent(i), w.data(i),
                                                                args.master + off, g, s0, s1,
-                                                               snap, avg, args.merge, elem)
+                                                               snap, avg, args.merge, elem, outer)
               : kernels::host::fused_loop<S, false, CheckFinite>(w.extent(i), w.data(i),
                                                                 static_cast<C*>(nullptr), g, s0,
-                                                                s1, snap, avg, args.merge, elem);
+                                                                s1, snap, avg, args.merge, elem,
+                                                                outer);
       if (!finite && static_cast<std::uint32_t>(i) < *args.nonfinite)
         *args.nonfinite = static_cast<std::uint32_t>(i);
     }
