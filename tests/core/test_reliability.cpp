@@ -30,7 +30,7 @@ namespace {
 /// Runs fn on every rank of an n-rank group; returns each rank's exception
 /// message ("" if none) and whether each threw E.
 template <class E, class F>
-std::vector<std::string> messages_of(int n, F&& fn, std::vector<bool>* typed = nullptr,
+std::vector<std::string> messages_of(int n, F&& fn, std::vector<char>* typed = nullptr,
                                      comm::inproc_options o = {.timeout = 5s}) {
   comm::inproc_group group(n, o);
   std::vector<std::string> msgs(static_cast<std::size_t>(n));
@@ -90,7 +90,7 @@ TEST_CASE("in-process: a peer that never joins gives timeout_error on every wait
 TEST_CASE("one rank calling synchronize() while the others step is an error on every rank") {
   // Before: the synchronize silently paired with the others' step average
   // and the ranks ended with different weights, "normally".
-  std::vector<bool> typed;
+  std::vector<char> typed;
   const auto msgs = messages_of<comm_error>(3, [](comm::inproc_communicator c) {
     std::vector<float> w(16, 1.0f + static_cast<float>(c.rank())), g(16, 0.1f);
     delayed_averager tr(make_tensor_list(w), c, policy::fixed_delay{.tau = 2, .delay = 1},
@@ -115,7 +115,7 @@ TEST_CASE("one rank calling synchronize() while the others step is an error on e
 
 TEST_CASE("ranks that resume from checkpoints of different steps are an error on every rank") {
   // Same purpose, same size: only the sequence numbers tell them apart.
-  std::vector<bool> typed;
+  std::vector<char> typed;
   const auto msgs = messages_of<comm_error>(2, [](comm::inproc_communicator c) {
     std::vector<float> w(4, 1.0f), g(4, 0.1f);
     std::string blob;
@@ -149,7 +149,7 @@ namespace {
 /// the per-rank messages of the expected config_error.
 template <class Make>
 std::vector<std::string> configuration_mismatch(Make make) {
-  std::vector<bool> typed;
+  std::vector<char> typed;
   auto msgs = messages_of<config_error>(3, [&](comm::inproc_communicator c) { make(c); }, &typed);
   for (std::size_t r = 0; r < msgs.size(); ++r) {
     CAPTURE(msgs[r]);
@@ -309,7 +309,7 @@ TEST_CASE("ranks that plan different delays with a policy that does not agree ar
     int rank = 0;
     round_plan plan(std::int64_t r) const { return {4, r == 0 ? 1 : (rank == 1 ? 2 : 1), false}; }
   };
-  std::vector<bool> typed;
+  std::vector<char> typed;
   const auto msgs = messages_of<config_error>(2, [&](comm::inproc_communicator c) {
     std::vector<float> w(4, 1.0f), g(4, 0.1f);
     delayed_averager tr(make_tensor_list(w), c, rank_delay{c.rank()}, optim::sgd{.lr = 0.1},
@@ -545,7 +545,7 @@ TEST_CASE("broadcast_parameters: every rank gets the root's weights exactly") {
 }
 
 TEST_CASE("broadcast_parameters with different roots is an error on every rank") {
-  std::vector<bool> typed;
+  std::vector<char> typed;
   const auto msgs = messages_of<comm_error>(3, [](comm::inproc_communicator c) {
     std::vector<float> w(4, 1.0f);
     delayed_averager tr(make_tensor_list(w), c, policy::fixed_delay{}, optim::sgd{.lr = 0.1},

@@ -243,10 +243,12 @@ TEST_CASE("a rank that stalls makes the others' step throw timeout_error; the tr
   if (world_size() < 2) return;
   const bool late = world_rank() == 0;
   std::vector<float> w(1000, 1.0f), g(1000, 0.5f);
-  dasgd::delayed_averager trainer(dasgd::make_tensor_list(w),
-                                  mpi_communicator(MPI_COMM_WORLD, test_options(mpi_progress::thread, 300ms)),
-                                  dasgd::policy::synchronous(), dasgd::optim::sgd{.lr = 0.1},
-                                  dasgd::merge::mix{0.0});
+  // The late rank itself waits long enough for its (late) average, however
+  // slow the machine; the others give up after 300 ms.
+  dasgd::delayed_averager trainer(
+      dasgd::make_tensor_list(w),
+      mpi_communicator(MPI_COMM_WORLD, test_options(mpi_progress::thread, late ? 30000ms : 300ms)),
+      dasgd::policy::synchronous(), dasgd::optim::sgd{.lr = 0.1}, dasgd::merge::mix{0.0});
   if (late) {
     std::this_thread::sleep_for(1200ms);
     trainer.step(g);  // the others' averages were dropped but still took part
@@ -257,8 +259,15 @@ TEST_CASE("a rank that stalls makes the others' step throw timeout_error; the tr
     CHECK_THROWS_AS(trainer.step(g), dasgd::state_error);
   }
   // Keep every trainer (and so its communicator) alive until the late rank's
-  // collective is through.
+  // collective is through everywhere: the ranks that timed out still drive
+  // their (abandoned) collective, and one left in flight at shutdown would
+  // end the job in MPI_Abort at finalize.
   MPI_Barrier(MPI_COMM_WORLD);
+  const auto until = std::chrono::steady_clock::now() + 30s;
+  while (trainer.communicator().collectives_in_flight() != 0 &&
+         std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(1ms);
+  CHECK(trainer.communicator().collectives_in_flight() == 0);
 }
 
 TEST_CASE("one rank's synchronize() against the others' step average fails every rank") {

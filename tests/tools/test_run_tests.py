@@ -32,7 +32,7 @@ class RunTests(unittest.TestCase):
         os.makedirs(os.path.join(root, "scripts"))
         os.makedirs(os.path.join(root, "bin"))
         shutil.copy(os.path.join(SOURCE, "scripts", "run-tests.sh"), os.path.join(root, "scripts"))
-        for path in ("bin/cmake", "bin/ctest", "scripts/install-deps.sh"):
+        for path in ("bin/cmake", "bin/ctest", "scripts/install-deps.sh", "scripts/run-fuzz.sh"):
             full = os.path.join(root, path)
             with open(full, "w") as f:
                 f.write(FAKE)
@@ -59,10 +59,11 @@ class RunTests(unittest.TestCase):
     def test_all_pass(self):
         r, calls = self.run_script()
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        self.assertIn("all 10 steps passed", r.stdout)
+        self.assertIn("all 11 steps passed", r.stdout)
         for p in ("ci", "asan", "tsan"):
             self.assertIn(f"cmake --preset {p}", calls)
             self.assertIn(f"ctest --preset {p} -j {os.cpu_count()}", calls)
+        self.assertIn("run-fuzz.sh 30", calls)
 
     def test_a_failing_build_does_not_hide_the_later_stages(self):
         r, calls = self.run_script(r"^cmake --build --preset ci")
@@ -72,7 +73,7 @@ class RunTests(unittest.TestCase):
         self.assertEqual(s["ci ctest"], "passed")  # the tests that were built still run
         self.assertEqual(s["asan ctest"], "passed")
         self.assertEqual(s["tsan ctest"], "passed")
-        self.assertIn("1 of 10 steps FAILED, 0 not run", r.stdout)
+        self.assertIn("1 of 11 steps FAILED, 0 not run", r.stdout)
 
     def test_failures_in_several_stages_are_all_reported(self):
         r, calls = self.run_script(r"^(scripts/install-deps.sh|install-deps.sh|ctest --preset ci|cmake --preset asan)")
@@ -84,12 +85,13 @@ class RunTests(unittest.TestCase):
         self.assertEqual(s["asan build"], "not run: configure failed")
         self.assertEqual(s["tsan ctest"], "passed")
         self.assertNotIn("cmake --build --preset asan -j %d" % os.cpu_count(), calls)
-        self.assertIn("3 of 10 steps FAILED, 2 not run", r.stdout)
+        self.assertIn("3 of 11 steps FAILED, 2 not run", r.stdout)
 
     def test_quick_runs_deps_and_ci_only(self):
         r, calls = self.run_script("", "--quick")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertNotIn("cmake --preset asan", calls)
+        self.assertNotIn("run-fuzz.sh 30", calls)
         self.assertIn("all 4 steps passed", r.stdout)
 
 

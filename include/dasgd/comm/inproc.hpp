@@ -70,7 +70,7 @@ struct inproc_op {
   std::vector<bool> joined;
   status state = status::pending;
   bool reducing = false;  // the progress thread is writing the receive buffers
-  std::exception_ptr error;
+  ::dasgd::detail::error_record error;
   std::vector<std::uint64_t> gathered;
   collective_agreement agreement;
   void (*reduce)(inproc_op&) = nullptr;
@@ -132,7 +132,7 @@ class inproc_state {
   std::shared_ptr<inproc_op> post(int rank, inproc_op::kind what, inproc_part part,
                                   void (*reduce)(inproc_op&)) {
     std::unique_lock lk(m_);
-    if (abort_error_) std::rethrow_exception(abort_error_);
+    if (abort_error_) abort_error_.raise();
     const std::uint64_t seq = next_seq_[static_cast<std::size_t>(rank)]++;
     auto& slot = ops_[seq];
     if (!slot) {
@@ -187,8 +187,8 @@ class inproc_state {
                                " ms: rank(s) ", missing, " never joined");
       // The same exception type for every rank and every collective of
       // the group: the others learn of this timeout as a timeout too.
-      fail_locked(op, std::make_exception_ptr(timeout_error(msg, __FILE__, __LINE__)));
-      abort_locked(std::make_exception_ptr(
+      fail_locked(op, ::dasgd::detail::error_record::of(timeout_error(msg, __FILE__, __LINE__)));
+      abort_locked(::dasgd::detail::error_record::of(
           timeout_error("in-process group was aborted: " + msg, __FILE__, __LINE__)));
       done_cv_.wait(lk, [&] { return !op.reducing; });
       finished(op);  // throws the timeout_error
@@ -200,14 +200,14 @@ class inproc_state {
 
   void abort(const std::string& reason) {
     std::lock_guard lk(m_);
-    abort_locked(std::make_exception_ptr(comm_error(
+    abort_locked(::dasgd::detail::error_record::of(comm_error(
         "in-process group was aborted: " + (reason.empty() ? std::string("aborted") : reason),
         __FILE__, __LINE__)));
   }
 
  private:
   bool finished(const inproc_op& op) const {
-    if (op.state == inproc_op::status::failed) std::rethrow_exception(op.error);
+    if (op.state == inproc_op::status::failed) op.error.raise();
     return op.state == inproc_op::status::done;
   }
 
@@ -226,7 +226,7 @@ class inproc_state {
       const char* where = op.what == inproc_op::kind::average ? "in-process average"
                                                                : "in-process broadcast";
       if (auto e = ::dasgd::detail::check_signatures(sigs, 0, where)) {
-        fail_locked(op, e);
+        fail_locked(op, ::dasgd::detail::error_record::from(e));
         return;
       }
       op.agreement = ::dasgd::detail::combine(sigs);
@@ -234,7 +234,7 @@ class inproc_state {
     if (!same_kind) {
       for (std::size_t r = 1; r < op.parts.size(); ++r) {
         if (op.parts[r].kind == op.parts[0].kind) continue;
-        fail_locked(op, std::make_exception_ptr(comm_error(
+        fail_locked(op, ::dasgd::detail::error_record::of(comm_error(
                             ::dasgd::detail::concat(
                                 "in-process collective #", op.seq, ": rank 0 issued ",
                                 kind_name(static_cast<inproc_op::kind>(op.parts[0].kind)),
@@ -247,7 +247,7 @@ class inproc_state {
     }
   }
 
-  void fail_locked(inproc_op& op, std::exception_ptr e) {
+  void fail_locked(inproc_op& op, ::dasgd::detail::error_record e) {
     if (op.state != inproc_op::status::pending) return;
     op.state = inproc_op::status::failed;
     op.error = std::move(e);
@@ -255,7 +255,7 @@ class inproc_state {
   }
 
   /// Fails every pending collective with `e` (and every later post()).
-  void abort_locked(std::exception_ptr e) {
+  void abort_locked(::dasgd::detail::error_record e) {
     if (!abort_error_) abort_error_ = std::move(e);
     for (auto& [seq, op] : ops_) fail_locked(*op, abort_error_);
     for (auto& op : queue_) fail_locked(*op, abort_error_);
@@ -295,7 +295,7 @@ class inproc_state {
   std::vector<std::uint64_t> next_seq_;
   std::map<std::uint64_t, std::shared_ptr<inproc_op>> ops_;
   std::deque<std::shared_ptr<inproc_op>> queue_;
-  std::exception_ptr abort_error_;
+  ::dasgd::detail::error_record abort_error_;
   bool stop_ = false;
   std::thread worker_;
 };

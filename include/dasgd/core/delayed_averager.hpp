@@ -698,13 +698,16 @@ class delayed_averager {
     using detail::max_tau;
     const bool counters = s.k >= 0 && s.k < max_steps && s.round >= 0 && s.round <= s.k &&
                           s.round_start >= 0 && s.round_start <= s.k;
-    const bool plan = s.plan.tau >= 1 && s.plan.tau <= max_tau && s.plan.delay >= 0 &&
-                      s.plan.delay < s.plan.tau && s.k <= s.round_start + s.plan.tau - 1;
+    // Each condition is evaluated only once the ones before it hold, so
+    // that the sums below stay within range.
+    const bool plan = counters && s.plan.tau >= 1 && s.plan.tau <= max_tau &&
+                      s.plan.delay >= 0 && s.plan.delay < s.plan.tau &&
+                      s.k <= s.round_start + s.plan.tau - 1;
     // An average in flight was launched at the last step of the previous
     // round and is merged before this round's launch.
-    const bool in_flight = !s.pending ||
+    const bool in_flight = plan && (!s.pending ||
                            (s.launch_step == s.round_start - 1 && s.merge_step >= s.k &&
-                            s.merge_step < s.round_start + s.plan.tau - 1);
+                            s.merge_step < s.round_start + s.plan.tau - 1));
     const bool coeffs = std::isfinite(s.coeffs.a) && std::isfinite(s.coeffs.b) &&
                         std::isfinite(s.coeffs.c);
     DASGD_REQUIRE(counters && plan && in_flight && coeffs &&

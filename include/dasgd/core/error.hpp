@@ -3,6 +3,7 @@
 // raised; nothing aborts, hangs or falls back silently.
 #pragma once
 
+#include <exception>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -11,11 +12,18 @@
 namespace dasgd {
 
 /// Base of every dasgd exception.
+namespace detail {
+/// Tag: the message already carries its location (a copy of another error).
+struct located_t {};
+}  // namespace detail
+
 class error : public std::runtime_error {
  public:
   error(const std::string& what, const char* file, int line)
       : std::runtime_error(what + " [" + file + ":" + std::to_string(line) + "]"),
         file_(file), line_(line) {}
+  error(detail::located_t, const std::string& located_what, const char* file, int line)
+      : std::runtime_error(located_what), file_(file), line_(line) {}
   const char* file() const noexcept { return file_; }
   int line() const noexcept { return line_; }
 
@@ -47,6 +55,87 @@ class state_error : public error { using error::error; };
 class nonfinite_error : public error { using error::error; };
 
 namespace detail {
+
+/// A failure that several threads raise: each raise() throws a fresh
+/// exception of the recorded type. (Rethrowing one std::exception_ptr on
+/// several threads shares one exception object, whose reference count and
+/// message live in the uninstrumented runtime: ThreadSanitizer reports the
+/// last owner's destructor racing with another thread's what().)
+class error_record {
+ public:
+  enum class type { none, comm, timeout, size_mismatch, config, state, checkpoint, nonfinite, other };
+
+  error_record() = default;
+  template <class E>
+  static error_record of(const E& e) {
+    return capture([&] { throw e; });
+  }
+  /// Records whatever `thrower` throws (it must throw).
+  template <class F>
+  static error_record capture(F&& thrower) {
+    error_record r;
+    try {
+      thrower();
+      r.type_ = type::other;
+      r.what_ = "dasgd internal error: error_record::capture with nothing thrown";
+    } catch (const timeout_error& e) {
+      r.set(type::timeout, e);
+    } catch (const comm_error& e) {
+      r.set(type::comm, e);
+    } catch (const size_mismatch_error& e) {
+      r.set(type::size_mismatch, e);
+    } catch (const config_error& e) {
+      r.set(type::config, e);
+    } catch (const state_error& e) {
+      r.set(type::state, e);
+    } catch (const checkpoint_error& e) {
+      r.set(type::checkpoint, e);
+    } catch (const nonfinite_error& e) {
+      r.set(type::nonfinite, e);
+    } catch (const std::exception& e) {
+      r.type_ = type::other;
+      r.what_ = e.what();
+    } catch (...) {
+      r.type_ = type::other;
+      r.what_ = "unknown exception";
+    }
+    return r;
+  }
+  static error_record from(const std::exception_ptr& p) {
+    return capture([&] { std::rethrow_exception(p); });
+  }
+
+  explicit operator bool() const noexcept { return type_ != type::none; }
+  type kind() const noexcept { return type_; }
+  const std::string& what() const noexcept { return what_; }
+
+  /// Throws a new exception of the recorded type and message (an unknown
+  /// type becomes a comm_error).
+  [[noreturn]] void raise() const {
+    switch (type_) {
+      case type::timeout: throw timeout_error(located_t{}, what_, file_, line_);
+      case type::size_mismatch: throw size_mismatch_error(located_t{}, what_, file_, line_);
+      case type::config: throw config_error(located_t{}, what_, file_, line_);
+      case type::state: throw state_error(located_t{}, what_, file_, line_);
+      case type::checkpoint: throw checkpoint_error(located_t{}, what_, file_, line_);
+      case type::nonfinite: throw nonfinite_error(located_t{}, what_, file_, line_);
+      default: throw comm_error(located_t{}, what_, file_, line_);
+    }
+  }
+
+ private:
+  void set(type t, const error& e) {
+    type_ = t;
+    what_ = e.what();
+    file_ = e.file();
+    line_ = e.line();
+  }
+
+  type type_ = type::none;
+  std::string what_;
+  const char* file_ = "";
+  int line_ = 0;
+};
 
 template <class... Args>
 std::string concat(Args&&... args) {
