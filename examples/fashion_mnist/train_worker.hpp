@@ -18,6 +18,9 @@
 #include <numeric>
 #include <random>
 #include <span>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -75,12 +78,29 @@ std::vector<double> sum_over_ranks(Comm& comm, const std::vector<double>& values
   return out;
 }
 
-inline double scheduled_lr(const training_options& o, std::int64_t step, std::int64_t total) {
+/// The learning rate of `step` (of `total`, `per_epoch` per epoch): a linear
+/// warm-up from 10% of the peak over --warmup-epochs, then the schedule.
+inline double scheduled_lr(const training_options& o, std::int64_t step, std::int64_t total,
+                           std::int64_t per_epoch = 1) {
   const double peak = o.effective_lr();
+  const double warmup = o.warmup_epochs * static_cast<double>(per_epoch);
+  if (static_cast<double>(step) < warmup)
+    return peak * (0.1 + 0.9 * static_cast<double>(step) / warmup);
   if (o.schedule == lr_schedule::constant) return peak;
   // Cosine annealing to 1% of the peak (an lr of exactly 0 is rejected).
   const double progress = static_cast<double>(step) / static_cast<double>(total);
   return peak * (0.01 + 0.99 * 0.5 * (1.0 + std::cos(std::numbers::pi * progress)));
+}
+
+/// Parameter groups: with --no-bias-decay the biases get no weight decay.
+inline dasgd::trainer_options trainer_options_of(const training_options& o) {
+  dasgd::trainer_options t;
+  if (o.no_bias_decay) {
+    // W1, b1, W2, b2, W3, b3
+    t.per_tensor = {{}, {.weight_decay = false}, {}, {.weight_decay = false},
+                    {}, {.weight_decay = false}};
+  }
+  return t;
 }
 
 template <class Comm, class Optim, class Merge>
@@ -99,7 +119,8 @@ run_summary train(Comm comm, Optim optim, Merge merge, const training_options& o
   // dasgd sees the Eigen objects themselves through the Eigen adaptor.
   dasgd::delayed_averager trainer(
       dasgd::make_tensor_list(params.W1, params.b1, params.W2, params.b2, params.W3, params.b3),
-      std::move(comm), dasgd::policy::fixed_delay{.tau = o.tau, .delay = o.delay}, optim, merge);
+      std::move(comm), dasgd::policy::fixed_delay{.tau = o.tau, .delay = o.delay}, optim, merge,
+      trainer_options_of(o));
   const dasgd::tensor_list<const float> gradient_list(grads.W1, grads.b1, grads.W2, grads.b2,
                                                       grads.W3, grads.b3);
 
@@ -131,7 +152,7 @@ run_summary train(Comm comm, Optim optim, Merge merge, const training_options& o
       }
       const float loss = loss_and_gradients(params, batch_images, batch_labels, grads, workspace);
       loss_sum += loss;
-      trainer.set_learning_rate(scheduled_lr(o, trainer.steps_taken(), total_steps));
+      trainer.set_learning_rate(scheduled_lr(o, trainer.steps_taken(), total_steps, steps));
       waited += trainer.step(gradient_list).wait_seconds;
       if (sinks.progress) sinks.progress->step(epoch, s + 1, loss);
     }
@@ -166,10 +187,30 @@ template <class Comm>
 run_summary train_worker(Comm comm, const training_options& o, const dataset_view& data,
                          report_sinks sinks) {
   const double lr = o.effective_lr();
+  // The averages travel in the --wire type (a communicator adaptor). Only
+  // over MPI, where the bytes cost something: every variant is another
+  // instantiation of the trainer, and compile time adds up.
+  auto with_wire = [&](auto optim, auto merge) {
+#if defined(DASGD_HAS_CUDA_TYPES)
+    if constexpr (!std::is_same_v<Comm, dasgd::comm::inproc_communicator>) {
+      if (o.wire == wire_kind::bf16)
+        return detail::train(dasgd::comm::wire_format<__nv_bfloat16, Comm>(std::move(comm)),
+                             optim, merge, o, data, sinks);
+    }
+#endif
+    if (o.wire != wire_kind::fp32)
+      throw std::runtime_error(std::string("--wire ") + name_of(o.wire) +
+                               " needs MPI (run under mpiexec) and the CUDA toolkit's 16-bit "
+                               "types (a build configured with -DDASGD_ENABLE_CUDA=AUTO)");
+    return detail::train(std::move(comm), optim, merge, o, data, sinks);
+  };
   auto with_merge = [&](auto optim) {
-    if (o.merge == merge_kind::additive)
-      return detail::train(std::move(comm), optim, dasgd::merge::additive{}, o, data, sinks);
-    return detail::train(std::move(comm), optim, dasgd::merge::mix{.update_proportion = o.mix_p}, o, data, sinks);
+    if (o.merge == merge_kind::additive) return with_wire(optim, dasgd::merge::additive{});
+    if (o.merge == merge_kind::outer)
+      return with_wire(optim, dasgd::merge::outer_sgd{.lr = o.outer_lr,
+                                                      .momentum = o.outer_momentum,
+                                                      .nesterov = true});
+    return with_wire(optim, dasgd::merge::mix{.update_proportion = o.mix_p});
   };
   if (o.optimizer == optimizer_kind::adamw) {
     return with_merge(dasgd::optim::adamw{.lr = lr, .weight_decay = o.weight_decay});

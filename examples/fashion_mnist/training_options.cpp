@@ -1,5 +1,6 @@
 #include "training_options.hpp"
 
+#include <cmath>
 #include <iostream>
 #include <map>
 #include <utility>
@@ -19,7 +20,29 @@ const char* name_of(algorithm a) {
   }
   return "?";
 }
-const char* name_of(merge_kind m) { return m == merge_kind::mix ? "mix" : "additive"; }
+const char* name_of(merge_kind m) {
+  switch (m) {
+    case merge_kind::mix: return "mix";
+    case merge_kind::additive: return "additive";
+    case merge_kind::outer: return "outer";
+  }
+  return "?";
+}
+const char* name_of(wire_kind w) {
+  switch (w) {
+    case wire_kind::fp32: return "fp32";
+    case wire_kind::bf16: return "bf16";
+  }
+  return "?";
+}
+const char* name_of(lr_scaling s) {
+  switch (s) {
+    case lr_scaling::none: return "none";
+    case lr_scaling::linear: return "linear";
+    case lr_scaling::sqrt: return "sqrt";
+  }
+  return "?";
+}
 const char* name_of(optimizer_kind o) { return o == optimizer_kind::sgd ? "sgd" : "adamw"; }
 const char* name_of(lr_schedule s) { return s == lr_schedule::constant ? "constant" : "cosine"; }
 
@@ -29,8 +52,15 @@ bool wants_progress_bar(progress_style style, bool stdout_is_terminal, bool unde
 }
 
 double training_options::effective_lr() const {
-  if (lr > 0.0) return lr;
-  return optimizer == optimizer_kind::sgd ? default_sgd_lr : default_adamw_lr;
+  const double base = lr > 0.0 ? lr : (optimizer == optimizer_kind::sgd ? default_sgd_lr
+                                                                          : default_adamw_lr);
+  const double ratio = static_cast<double>(workers) / static_cast<double>(scaling_base);
+  switch (scaling) {
+    case lr_scaling::none: return base;
+    case lr_scaling::linear: return base * ratio;
+    case lr_scaling::sqrt: return base * std::sqrt(ratio);
+  }
+  return base;
 }
 
 namespace {
@@ -80,9 +110,21 @@ parse_result parse_training_options(int argc, char** argv, int ranks, bool print
                     ->check(CLI::NonNegativeNumber)
                     ->capture_default_str();
   auto* merge = add_choice(app, "--merge", o.merge,
-                           {{"mix", merge_kind::mix}, {"additive", merge_kind::additive}},
-                           "mix: w = p * w_local + (1 - p) * avg; additive: w += avg - snapshot "
-                           "(local, dasgd)");
+                           {{"mix", merge_kind::mix},
+                            {"additive", merge_kind::additive},
+                            {"outer", merge_kind::outer}},
+                           "mix: w = p * w_local + (1 - p) * avg; additive: w += avg - snapshot; "
+                           "outer: DiLoCo's outer Nesterov SGD on snapshot - avg (local, dasgd)");
+  auto* outer_lr = app.add_option("--outer-lr", o.outer_lr, "merge outer: outer learning rate")
+                       ->check(CLI::PositiveNumber)
+                       ->capture_default_str();
+  auto* outer_momentum =
+      app.add_option("--outer-momentum", o.outer_momentum, "merge outer: outer Nesterov momentum")
+          ->check(CLI::Range(0.0, 0.999))
+          ->capture_default_str();
+  add_choice(app, "--wire", o.wire,
+             {{"fp32", wire_kind::fp32}, {"bf16", wire_kind::bf16}},
+             "what the averages travel in (bf16: half the bytes, summed in fp32; under mpiexec)");
   auto* mix_p = app.add_option("-p,--p", o.mix_p,
                                "share of the local weights kept by the mix merge")
                     ->check(CLI::Range(0.0, 1.0))
@@ -103,6 +145,18 @@ parse_result parse_training_options(int argc, char** argv, int ranks, bool print
   add_choice(app, "--schedule", o.schedule,
              {{"constant", lr_schedule::constant}, {"cosine", lr_schedule::cosine}},
              "learning rate over the run: constant, or cosine decay to 1% of --lr");
+  add_choice(app, "--lr-scaling", o.scaling,
+             {{"none", lr_scaling::none}, {"linear", lr_scaling::linear}, {"sqrt", lr_scaling::sqrt}},
+             "peak lr = --lr x (workers / --lr-base-workers), or its square root (large batches)");
+  app.add_option("--lr-base-workers", o.scaling_base, "the worker count --lr is tuned for")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--warmup-epochs", o.warmup_epochs,
+                 "linear learning-rate warm-up from 10% of the peak over this many epochs")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_flag("--no-bias-decay", o.no_bias_decay,
+               "parameter groups: no weight decay on the biases");
 
   app.add_option("-b,--batch", o.batch, "mini-batch size per worker")
       ->check(CLI::PositiveNumber)
@@ -156,7 +210,11 @@ parse_result parse_training_options(int argc, char** argv, int ranks, bool print
       throw CLI::ValidationError(delay->get_name(), "is " + std::to_string(o.delay) +
                                                         ", it must be smaller than --tau " +
                                                         std::to_string(o.tau));
-    if (o.merge == merge_kind::additive) reject(mix_p, "with --merge additive");
+    if (o.merge != merge_kind::mix) reject(mix_p, "without --merge mix");
+    if (o.merge != merge_kind::outer) {
+      reject(outer_lr, "without --merge outer");
+      reject(outer_momentum, "without --merge outer");
+    }
     if (o.optimizer == optimizer_kind::adamw) {
       reject(momentum, "with --optimizer adamw");
       reject(nesterov, "with --optimizer adamw");

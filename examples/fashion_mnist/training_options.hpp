@@ -12,7 +12,11 @@ enum class algorithm {
   local,  ///< Local SGD: average every tau steps, blocking (delay = 0)
   dasgd   ///< DaSGD: average every tau steps, merged `delay` steps later
 };
-enum class merge_kind { mix, additive };
+enum class merge_kind { mix, additive, outer };
+/// What the averages travel in (bf16/fp16 need dasgd::cuda_types).
+enum class wire_kind { fp32, bf16 };
+/// How the peak learning rate grows with the worker count (large batches).
+enum class lr_scaling { none, linear, sqrt };
 enum class optimizer_kind { sgd, adamw };
 enum class lr_schedule { constant, cosine };
 enum class progress_style {
@@ -25,6 +29,8 @@ const char* name_of(algorithm a);
 const char* name_of(merge_kind m);
 const char* name_of(optimizer_kind o);
 const char* name_of(lr_schedule s);
+const char* name_of(wire_kind w);
+const char* name_of(lr_scaling s);
 
 /// Whether to redraw a progress bar. Under mpiexec, rank 0's stdout is a
 /// pseudo-terminal of the launcher even when mpiexec's own output goes to a
@@ -37,6 +43,9 @@ struct training_options {
   int delay = 1;
   merge_kind merge = merge_kind::mix;
   double mix_p = 0.25;  ///< share of the local weights kept by the mix merge
+  double outer_lr = 0.7;        ///< merge outer: DiLoCo's outer learning rate
+  double outer_momentum = 0.9;  ///< merge outer: its Nesterov momentum
+  wire_kind wire = wire_kind::fp32;
 
   optimizer_kind optimizer = optimizer_kind::sgd;
   double lr = 0.0;  ///< 0: the optimizer's default below
@@ -44,6 +53,10 @@ struct training_options {
   bool nesterov = false;
   double weight_decay = 0.0;
   lr_schedule schedule = lr_schedule::cosine;
+  bool no_bias_decay = false;  ///< parameter groups: no weight decay on b1, b2, b3
+  lr_scaling scaling = lr_scaling::none;
+  int scaling_base = 4;         ///< the worker count --lr is tuned for
+  double warmup_epochs = 0.0;   ///< linear warm-up from 10% of the peak
 
   int batch = 32;  ///< per worker
   int epochs = 15;
@@ -59,6 +72,8 @@ struct training_options {
 
   static constexpr double default_sgd_lr = 0.05;
   static constexpr double default_adamw_lr = 1e-3;
+  /// The peak learning rate: --lr (or the optimizer's default), scaled
+  /// with the worker count by --lr-scaling.
   double effective_lr() const;
 };
 

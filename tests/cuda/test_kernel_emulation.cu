@@ -54,14 +54,16 @@ class emulation {
   /// Runs S on the host backend and on the emulated kernel; returns the
   /// number of chunk tables (kernel launches) the emulation used.
   template <ks::stage S, class Policy = kc::default_fused_update_policy, class E>
-  int check(const E& elem, const merge_coefficients& mc, bool use_master) {
+  int check(const E& elem, const merge_coefficients& mc, bool use_master,
+            const tensor_options* per_tensor = nullptr) {
     test::host_buffers<T> ref = init_, emu = init_;
     const test::tensor_views<T, host_space> h(layout_, ref.w.data(), ref.g.data());
     const test::tensor_views<T, device_space> e(layout_, emu.w.data(), emu.g.data());
     constexpr bool step = has(S, ks::stage::local_step);
     constexpr bool avg = has(S, ks::stage::merge);
-    const auto ha = test::make_pass_args<S, E, C>(h, layout_, ref, use_master, mc);
-    const auto ea = test::make_pass_args<S, E, C>(e, layout_, emu, use_master, mc);
+    auto ha = test::make_pass_args<S, E, C>(h, layout_, ref, use_master, mc);
+    auto ea = test::make_pass_args<S, E, C>(e, layout_, emu, use_master, mc);
+    ha.per_tensor = ea.per_tensor = per_tensor;
     REQUIRE(kc::can_implement<S, E, T, C, Policy>(ea));
 
     host_backend().run<S>(ha, elem);
@@ -82,12 +84,18 @@ class emulation {
     CHECK(emu == ref);
     // The pass did something (otherwise equality above would be vacuous).
     if constexpr (step || avg || has(S, ks::stage::write_snapshot)) CHECK_FALSE(emu == init_);
+    last_ = ref;
     return tables;
   }
+
+  /// The host backend's result of the last check().
+  const test::host_buffers<T>& last() const { return last_; }
+  std::size_t tensors() const { return layout_.specs.size(); }
 
  private:
   test::tensor_layout layout_;
   test::host_buffers<T> init_;
+  test::host_buffers<T> last_;
 };
 
 template <class T>
@@ -171,4 +179,27 @@ TEST_CASE("emulated kernel with one and four vector groups per thread") {
     CHECK(ef.check<ks::step_and_snapshot, policies::tiny_unroll4>(e, {}, false) ==
           int((ef.nonempty() + 2) / 3));
   });
+}
+
+TEST_CASE_TEMPLATE("emulated kernel with parameter groups (per-tensor lr scale and weight decay)", T,
+                   float, __nv_bfloat16, double) {
+  using C = default_compute_t<T>;
+  emulation<T> em(standard_specs());
+  std::vector<tensor_options> groups(em.tensors());
+  for (std::size_t i = 0; i < groups.size(); ++i)
+    groups[i] = {.lr_scale = i % 3 == 0 ? 1.0 : (i % 3 == 1 ? 0.25 : 2.5), .weight_decay = i % 2 == 0};
+  for (const auto& oc : optimizer_cases) {
+    INFO("optimizer ", std::string(oc.name));
+    with_element<C>(oc, [&](const auto& e) {
+      for (bool master : {false, true}) {
+        if (master && std::is_same_v<T, double>) continue;
+        em.template check<ks::plain_step>(e, {}, master);
+        const auto without = em.last();
+        em.template check<ks::plain_step>(e, {}, master, groups.data());
+        CHECK_FALSE(em.last() == without);  // the groups changed the step
+        em.template check<ks::step_and_mix>(e, mix_coeffs, master, groups.data());
+        em.template check<ks::step_and_snapshot>(e, {}, master, groups.data());
+      }
+    });
+  }
 }

@@ -13,12 +13,22 @@ namespace dasgd::test {
 
 using vec = std::vector<double>;
 
+// Parameter groups, per element of the flat weight vector: the learning
+// rate is lr * lr_scale[i], the weight decay applies where decay[i] != 0
+// (empty: 1 and on everywhere).
+struct ref_groups {
+  vec lr_scale, decay;
+  double scale(std::size_t i) const { return lr_scale.empty() ? 1.0 : lr_scale[i]; }
+  double wd_on(std::size_t i) const { return decay.empty() ? 1.0 : decay[i]; }
+};
 struct ref_sgd {
   double lr = 0.01, momentum = 0.0, dampening = 0.0, weight_decay = 0.0;
   bool nesterov = false;
+  ref_groups groups{};
 };
 struct ref_adamw {
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 1e-2;
+  ref_groups groups{};
 };
 
 /// Optimizer state of one worker: momentum buffer / Adam moments, step count.
@@ -30,12 +40,12 @@ struct ref_state {
 inline void ref_step(const ref_sgd& o, vec& w, const vec& g, ref_state& s) {
   if (s.m.empty()) s.m.assign(w.size(), 0.0);
   for (std::size_t i = 0; i < w.size(); ++i) {
-    double d = g[i] + o.weight_decay * w[i];
+    double d = g[i] + o.groups.wd_on(i) * o.weight_decay * w[i];
     if (o.momentum != 0.0) {
       s.m[i] = s.t == 0 ? d : o.momentum * s.m[i] + (1.0 - o.dampening) * d;
       d = o.nesterov ? d + o.momentum * s.m[i] : s.m[i];
     }
-    w[i] -= o.lr * d;
+    w[i] -= o.lr * o.groups.scale(i) * d;
   }
   ++s.t;
 }
@@ -49,11 +59,12 @@ inline void ref_step(const ref_adamw& o, vec& w, const vec& g, ref_state& s) {
   const double bc1 = 1.0 - std::pow(o.beta1, double(s.t));
   const double bc2 = 1.0 - std::pow(o.beta2, double(s.t));
   for (std::size_t i = 0; i < w.size(); ++i) {
-    w[i] *= 1.0 - o.lr * o.weight_decay;
+    const double lr = o.lr * o.groups.scale(i);
+    w[i] *= 1.0 - lr * o.groups.wd_on(i) * o.weight_decay;
     s.m[i] = o.beta1 * s.m[i] + (1.0 - o.beta1) * g[i];
     s.v[i] = o.beta2 * s.v[i] + (1.0 - o.beta2) * g[i] * g[i];
     const double mhat = s.m[i] / bc1, vhat = s.v[i] / bc2;
-    w[i] -= o.lr * mhat / (std::sqrt(vhat) + o.eps);
+    w[i] -= lr * mhat / (std::sqrt(vhat) + o.eps);
   }
 }
 

@@ -107,3 +107,34 @@ TEST_CASE("the progress bar is drawn on a terminal only, and not under mpiexec u
   REQUIRE(r.options);
   CHECK(r.options->progress == progress_style::lines);
 }
+
+TEST_CASE("the outer merge, wire, parameter-group and large-batch flags reach their fields") {
+  const auto r = parse({"--merge", "outer", "--outer-lr", "0.5", "--outer-momentum", "0.8",
+                        "--wire", "bf16", "--no-bias-decay", "--lr-scaling", "linear",
+                        "--lr-base-workers", "2", "--warmup-epochs", "1.5", "-w", "8"});
+  REQUIRE(r.options);
+  const auto& o = *r.options;
+  CHECK(o.merge == fm::merge_kind::outer);
+  CHECK(o.outer_lr == 0.5);
+  CHECK(o.outer_momentum == 0.8);
+  CHECK(o.wire == fm::wire_kind::bf16);
+  CHECK(o.no_bias_decay);
+  CHECK(o.scaling == fm::lr_scaling::linear);
+  CHECK(o.scaling_base == 2);
+  CHECK(o.warmup_epochs == 1.5);
+  CHECK(o.effective_lr() == doctest::Approx(fm::training_options::default_sgd_lr * 4.0));
+  CHECK_FALSE(parse({"--outer-lr", "0.5"}).options);         // needs --merge outer
+  CHECK_FALSE(parse({"--merge", "outer", "-p", "0.5"}).options);
+  CHECK_FALSE(parse({"--wire", "int8"}).options);
+}
+
+TEST_CASE("learning-rate scaling with the worker count") {
+  fm::training_options o;
+  o.lr = 0.1;
+  o.workers = 16;
+  CHECK(o.effective_lr() == 0.1);  // none
+  o.scaling = fm::lr_scaling::linear;
+  CHECK(o.effective_lr() == doctest::Approx(0.4));  // 16 / 4
+  o.scaling = fm::lr_scaling::sqrt;
+  CHECK(o.effective_lr() == doctest::Approx(0.2));
+}

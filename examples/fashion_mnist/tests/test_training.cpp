@@ -139,3 +139,25 @@ TEST_CASE("impossible settings fail with a message, not a hang") {
   CHECK_THROWS_AS(run(o), dasgd::config_error);
   CHECK_THROWS_AS(fm::csv_log("/nonexistent-dir/x.csv"), dasgd::config_error);
 }
+
+TEST_CASE("the outer merge and parameter groups train too; warm-up starts at 10% of the peak") {
+  auto o = small_run(fm::algorithm::dasgd);
+  o.merge = fm::merge_kind::outer;
+  o.outer_lr = 0.7;
+  o.outer_momentum = 0.9;
+  CHECK(run(o).test_accuracy > 0.9);
+  o = small_run(fm::algorithm::dasgd);
+  o.weight_decay = 1e-3;
+  o.no_bias_decay = true;
+  const auto grouped = run(o);
+  CHECK(grouped.test_accuracy > 0.9);
+  o.no_bias_decay = false;
+  CHECK(run(o).test_loss != grouped.test_loss);  // the groups changed the run
+
+  o.warmup_epochs = 1.0;
+  o.schedule = fm::lr_schedule::constant;
+  const double peak = o.effective_lr();
+  CHECK(fm::detail::scheduled_lr(o, 0, 100, 25) == doctest::Approx(0.1 * peak));
+  CHECK(fm::detail::scheduled_lr(o, 12, 100, 24) == doctest::Approx(0.55 * peak));
+  CHECK(fm::detail::scheduled_lr(o, 30, 100, 25) == doctest::Approx(peak));
+}

@@ -10,6 +10,7 @@
 
 #include "../kernels/stage.hpp"
 #include "tensor_list.hpp"
+#include "trainer_options.hpp"
 
 namespace dasgd {
 
@@ -41,6 +42,11 @@ struct pass_args {
   /// holds a NaN or an infinity (it is left alone when all are finite).
   /// Lives in the backend's memory space. Null: no check, no cost.
   std::uint32_t* nonfinite = nullptr;
+  /// Parameter groups: one tensor_options per tensor of `weights`, in host
+  /// memory (a device backend packs them into its launch). Null: the
+  /// element as given applies to every tensor. Needs an element with
+  /// for_tensor(lr_scale, decay).
+  const tensor_options* per_tensor = nullptr;
 };
 
 /// Which backend serves tensors in a memory space (specialized by backends).

@@ -151,6 +151,7 @@ class delayed_averager {
     DASGD_REQUIRE(!params_.empty(), config_error, "the parameter list is empty");
     detail::require_disjoint(params_, "parameter");
     optim_.validate();
+    validate_per_tensor();
     if constexpr (requires { policy_.validate(); }) policy_.validate();
     if constexpr (requires { merge_.validate(); }) merge_.validate();
     DASGD_REQUIRE(optim_.state_count() <= pass_storage::max_state, config_error, "optimizer '",
@@ -469,6 +470,7 @@ class delayed_averager {
         .add("learning_rate", detail::concat(optim_.learning_rate()))
         .add("merge", detail::describe_component(merge_))
         .add("policy", detail::describe_component(policy_))
+        .add("per_tensor", describe_per_tensor())
         .add("first_round", detail::concat("tau=", plan_.tau, ", delay=", plan_.delay,
                                            ", synchronize=", plan_.synchronize ? 1 : 0,
                                            ", scope=", plan_.scope));
@@ -717,6 +719,34 @@ class delayed_averager {
                   s.plan.delay, ", pending ", s.pending, " (launch ", s.launch_step, ", merge ",
                   s.merge_step, "), merge coefficients a=", s.coeffs.a, " b=", s.coeffs.b,
                   " c=", s.coeffs.c, ", collectives ", s.collectives);
+  }
+
+  /// The parameter groups as text: "default" or "lr_scale:decay" per tensor.
+  std::string describe_per_tensor() const {
+    if (options_.per_tensor.empty()) return "default";
+    std::string s;
+    for (const auto& t : options_.per_tensor)
+      s += detail::concat(s.empty() ? "" : " ", t.lr_scale, ":", t.weight_decay ? 1 : 0);
+    return s;
+  }
+
+  void validate_per_tensor() const {
+    const auto& pt = options_.per_tensor;
+    if (pt.empty()) return;
+    DASGD_REQUIRE(pt.size() == params_.size(), config_error, "trainer_options::per_tensor has ",
+                  pt.size(), " entries but the parameter list has ", params_.size(),
+                  " tensors (one entry per tensor, or none)");
+    for (std::size_t i = 0; i < pt.size(); ++i)
+      DASGD_REQUIRE(std::isfinite(pt[i].lr_scale) && pt[i].lr_scale >= 0.0, config_error,
+                    "trainer_options::per_tensor[", i, "].lr_scale is ", pt[i].lr_scale,
+                    "; it must be finite and >= 0");
+    bool supported = true;
+    optim_.template visit_element<Compute>(0, [&](const auto& e) {
+      supported = per_tensor_element<std::remove_cvref_t<decltype(e)>>;
+    });
+    DASGD_REQUIRE(supported, config_error, "optimizer '", optim_.name(),
+                  "' has no per-tensor element (for_tensor), so trainer_options::per_tensor "
+                  "cannot be applied");
   }
 
   static std::string backend_name() {
@@ -1045,6 +1075,7 @@ class delayed_averager {
         a.outer = outer_.data();
       }
       a.nonfinite = check ? nonfinite_flag_.data() : nullptr;
+      a.per_tensor = options_.per_tensor.empty() ? nullptr : options_.per_tensor.data();
       if constexpr (has(S, kernels::stage::local_step)) {
         optim_.template visit_element<Compute>(
             k_, [&](const auto& elem) { backend_.template run<S>(a, elem); });

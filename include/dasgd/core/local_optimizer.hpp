@@ -23,6 +23,16 @@ concept optimizer_element = std::is_trivially_copyable_v<E> && requires {
   { e.apply(w, w, s) } -> std::same_as<typename E::compute_type>;
 };
 
+/// An element that parameter groups (tensor_options) can specialize per
+/// tensor: for_tensor(lr_scale, weight_decay) returns the element of a
+/// tensor whose learning rate is scaled and whose weight decay is on or off.
+/// for_tensor(1, true) must be the element itself, bit for bit.
+template <class E>
+concept per_tensor_element = optimizer_element<E> &&
+    requires(const E& e, typename E::compute_type c, bool decay) {
+      { e.for_tensor(c, decay) } -> std::same_as<E>;
+    };
+
 namespace detail {
 /// Accepts any element functor; used to check visit_element in the concept.
 struct element_probe {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace dasgd {
 
@@ -41,6 +42,15 @@ inline const char* to_string(nonfinite_guard g) {
   return "unknown";
 }
 
+/// One tensor's hyper-parameters relative to the optimizer's, as in a
+/// torch.optim parameter group: no weight decay on biases and norms, a
+/// smaller learning rate for embeddings... Every tensor still goes through
+/// the same fused launch: the settings travel in the kernel's chunk table.
+struct tensor_options {
+  double lr_scale = 1.0;     ///< this tensor's learning rate is lr * lr_scale (>= 0, finite)
+  bool weight_decay = true;  ///< false: the optimizer's weight decay is not applied
+};
+
 struct trainer_options {
   /// Keep a compute-precision (fp32) master copy of 16-bit weights: the
   /// optimizer and the merge update the master; the user's tensors receive
@@ -54,6 +64,10 @@ struct trainer_options {
   /// discarding an average still in flight, or an error it swallowed.
   /// Empty: they are written to stderr.
   std::function<void(const std::string&)> warning{};
+  /// Per-tensor settings (parameter groups), one per parameter tensor in
+  /// list order; empty: every tensor uses the optimizer's own. Part of the
+  /// configuration that ranks compare and checkpoints record.
+  std::vector<tensor_options> per_tensor{};
 };
 
 /// How load() treats a checkpoint written by a differently configured

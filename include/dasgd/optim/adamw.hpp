@@ -28,6 +28,7 @@ struct adamw_element {
   C decay;           // 1 - lr * weight_decay
   C step_size;       // lr / (1 - beta1^t)
   C inv_sqrt_bias2;  // 1 / sqrt(1 - beta2^t)
+  C lr_wd;           // lr * weight_decay (parameter groups rebuild `decay` from it)
 
   DASGD_HOST_DEVICE C apply(C w, C g, C* state) const {
     C m = beta1 * state[0] + (C(1) - beta1) * g;
@@ -36,6 +37,16 @@ struct adamw_element {
     state[1] = v;
     C denom = sqrt_of(v) * inv_sqrt_bias2 + eps;
     return w * decay - step_size * m / denom;
+  }
+
+  /// The element of one parameter group (tensor_options).
+  DASGD_HOST_DEVICE adamw_element for_tensor(C lr_scale, bool with_decay) const {
+    if (lr_scale == C(1) && with_decay) return *this;  // bit for bit the group-less element
+    adamw_element e = *this;
+    e.step_size = step_size * lr_scale;
+    e.lr_wd = with_decay ? lr_wd * lr_scale : C(0);
+    e.decay = C(1) - e.lr_wd;
+    return e;
   }
 };
 
@@ -78,7 +89,7 @@ struct adamw {
     const double bias1 = 1.0 - std::pow(beta1, t);
     const double bias2 = 1.0 - std::pow(beta2, t);
     f(adamw_element<C>{C(beta1), C(beta2), C(eps), C(1.0 - lr * weight_decay), C(lr / bias1),
-                       C(1.0 / std::sqrt(bias2))});
+                       C(1.0 / std::sqrt(bias2)), C(lr * weight_decay)});
   }
 };
 

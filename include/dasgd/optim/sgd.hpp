@@ -41,6 +41,14 @@ struct sgd_element {
     }
     return w - lr * g;
   }
+
+  /// The element of one parameter group (tensor_options).
+  DASGD_HOST_DEVICE sgd_element for_tensor(C lr_scale, bool decay) const {
+    sgd_element e = *this;
+    e.lr = lr * lr_scale;
+    if (!decay) e.weight_decay = C(0);
+    return e;
+  }
 };
 
 struct sgd {

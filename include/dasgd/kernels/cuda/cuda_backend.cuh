@@ -14,7 +14,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <string>
+#include <utility>
 
 #include "../../core/backend.hpp"
 #include "../../core/error.hpp"
@@ -141,6 +143,7 @@ int for_each_chunk_table(const pass_args<Storage, C, device_space, W>& a, const 
   p.average = a.average;
   p.outer = a.outer;
   p.nonfinite = has(S, stage::write_snapshot) ? a.nonfinite : nullptr;
+  p.per_tensor = step && a.per_tensor != nullptr;
 
   const auto& w = *a.weights;
   int tables = 0;
@@ -165,6 +168,10 @@ int for_each_chunk_table(const pass_args<Storage, C, device_space, W>& a, const 
     p.grads[count] = step ? a.grads->data(i) : nullptr;
     p.arena_offset[count] = a.offsets[i];
     p.extent[count] = n;
+    if (p.per_tensor) {
+      p.lr_scale[count] = C(a.per_tensor[i].lr_scale);
+      p.weight_decay[count] = a.per_tensor[i].weight_decay ? 1 : 0;
+    }
     blocks += nb;
     ++count;
   }
@@ -200,10 +207,25 @@ class cuda_backend {
   /// the average must be built on the same stream.
   explicit cuda_backend(cudaStream_t stream = nullptr) noexcept : stream_(stream) {}
 
+  /// The same, with the arenas (snapshot, average, optimizer state...)
+  /// taken from `allocator` instead of cudaMalloc: e.g. PyTorch's caching
+  /// allocator (dasgd/adaptors/torch_cuda.hpp), so that dasgd and the
+  /// framework share one memory pool. Throws config_error unless both
+  /// callbacks are set.
+  cuda_backend(cudaStream_t stream, device_allocator allocator)
+      : stream_(stream),
+        allocator_(std::make_shared<const device_allocator>(std::move(allocator))) {
+    DASGD_REQUIRE(allocator_->allocate && allocator_->deallocate, config_error,
+                  "cuda_backend: the device_allocator needs both allocate and deallocate");
+  }
+
   cudaStream_t stream() const noexcept { return stream_; }
+  /// The allocator of the arenas (null: cudaMalloc).
+  const device_allocator* allocator() const noexcept { return allocator_.get(); }
 
   template <class T>
   buffer<T> allocate(std::size_t n) const {
+    if (allocator_) return buffer<T>(n, stream_, allocator_);
     return buffer<T>(n, stream_);
   }
 
@@ -259,6 +281,7 @@ class cuda_backend {
 
  private:
   cudaStream_t stream_ = nullptr;
+  std::shared_ptr<const device_allocator> allocator_;  ///< null: cudaMalloc
 };
 
 template <>

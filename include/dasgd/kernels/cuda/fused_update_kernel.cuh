@@ -68,7 +68,22 @@ struct fused_update_params {
   const Storage* grads[MaxTensors] = {};
   std::uint64_t arena_offset[MaxTensors] = {};
   std::uint64_t extent[MaxTensors] = {};
+  /// Parameter groups (tensor_options of the table's tensors), when
+  /// per_tensor is set.
+  bool per_tensor = false;
+  C lr_scale[MaxTensors] = {};
+  std::uint8_t weight_decay[MaxTensors] = {};
 };
+
+/// Tensor t's element: the launch's, or its parameter group's.
+template <class Storage, class C, class E, int MaxTensors, class W>
+DASGD_HOST_DEVICE E element_of_tensor(const fused_update_params<Storage, C, E, MaxTensors, W>& p,
+                                      int t) {
+  if constexpr (per_tensor_element<E>) {
+    if (p.per_tensor) return p.element.for_tensor(p.lr_scale[t], p.weight_decay[t] != 0);
+  }
+  return p.element;
+}
 
 /// Which streams a pass touches, from the stage set, the optimizer's state
 /// count and whether a master copy is the source of truth.
@@ -323,6 +338,7 @@ DASGD_HOST_DEVICE bool update_block(const fused_update_params<Storage, C, E, Max
   const auto len = static_cast<std::uint32_t>(
       remaining < Tuning.chunk_elements ? remaining : Tuning.chunk_elements);
   const std::size_t off = p.arena_offset[t] + begin;
+  const E e = element_of_tensor(p, t);
 
   chunk_streams<Storage, C, W> s;
   s.check_finite = use::writes_snap && p.nonfinite != nullptr;
@@ -362,13 +378,13 @@ DASGD_HOST_DEVICE bool update_block(const fused_update_params<Storage, C, E, Max
 
   if (aligned) {
     const std::uint32_t groups = len / V;
-    const bool a = chunk_vector<S, UseMaster, V, Tuning.vector_unroll>(s, groups, p.element,
+    const bool a = chunk_vector<S, UseMaster, V, Tuning.vector_unroll>(s, groups, e,
                                                                       p.merge, thread, threads);
-    const bool b = chunk_scalar<S, UseMaster, 1>(s, groups * V, len, p.element, p.merge, thread,
+    const bool b = chunk_scalar<S, UseMaster, 1>(s, groups * V, len, e, p.merge, thread,
                                                 threads);
     return a && b;
   }
-  return chunk_scalar<S, UseMaster, 4>(s, 0, len, p.element, p.merge, thread, threads);
+  return chunk_scalar<S, UseMaster, 4>(s, 0, len, e, p.merge, thread, threads);
 }
 
 }  // namespace detail

@@ -86,15 +86,26 @@ class host_backend {
       W* snap = args.snapshot ? args.snapshot + off : nullptr;
       const W* avg = args.average ? args.average + off : nullptr;
       C* outer = args.outer ? args.outer + off : nullptr;
-      const bool finite =
-          args.master
-              ? kernels::host::fused_loop<S, true, CheckFinite>(w.extent(i), w.data(i),
-                                                               args.master + off, g, s0, s1,
-                                                               snap, avg, args.merge, elem, outer)
-              : kernels::host::fused_loop<S, false, CheckFinite>(w.extent(i), w.data(i),
-                                                                static_cast<C*>(nullptr), g, s0,
-                                                                s1, snap, avg, args.merge, elem,
-                                                                outer);
+      const auto loop = [&](const E& e) {
+        return args.master
+                   ? kernels::host::fused_loop<S, true, CheckFinite>(w.extent(i), w.data(i),
+                                                                    args.master + off, g, s0, s1,
+                                                                    snap, avg, args.merge, e, outer)
+                   : kernels::host::fused_loop<S, false, CheckFinite>(
+                         w.extent(i), w.data(i), static_cast<C*>(nullptr), g, s0, s1, snap, avg,
+                         args.merge, e, outer);
+      };
+      bool finite = true;
+      if constexpr (per_tensor_element<E> && has(S, kernels::stage::local_step)) {
+        if (args.per_tensor != nullptr) {
+          const tensor_options& t = args.per_tensor[i];
+          finite = loop(elem.for_tensor(C(t.lr_scale), t.weight_decay));
+        } else {
+          finite = loop(elem);
+        }
+      } else {
+        finite = loop(elem);
+      }
       if (!finite && static_cast<std::uint32_t>(i) < *args.nonfinite)
         *args.nonfinite = static_cast<std::uint32_t>(i);
     }
