@@ -95,6 +95,7 @@ inline double scheduled_lr(const training_options& o, std::int64_t step, std::in
 /// Parameter groups: with --no-bias-decay the biases get no weight decay.
 inline dasgd::trainer_options trainer_options_of(const training_options& o) {
   dasgd::trainer_options t;
+  t.nonfinite = o.nonfinite;
   if (o.no_bias_decay) {
     // W1, b1, W2, b2, W3, b3
     t.per_tensor = {{}, {.weight_decay = false}, {}, {.weight_decay = false},

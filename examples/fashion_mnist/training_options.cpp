@@ -157,6 +157,12 @@ parse_result parse_training_options(int argc, char** argv, int ranks, bool print
       ->capture_default_str();
   app.add_flag("--no-bias-decay", o.no_bias_decay,
                "parameter groups: no weight decay on the biases");
+  add_choice(app, "--nonfinite", o.nonfinite,
+             {{"throw", dasgd::nonfinite_guard::throw_error},
+              {"skip", dasgd::nonfinite_guard::skip_merge},
+              {"off", dasgd::nonfinite_guard::off}},
+             "a NaN or infinity in a snapshot: stop with an error naming the rank, skip that "
+             "merge, or do not check");
 
   app.add_option("-b,--batch", o.batch, "mini-batch size per worker")
       ->check(CLI::PositiveNumber)

@@ -1,6 +1,8 @@
 // Command-line settings of the Fashion-MNIST trainer.
 #pragma once
 
+#include <dasgd/core/trainer_options.hpp>
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -54,6 +56,9 @@ struct training_options {
   double weight_decay = 0.0;
   lr_schedule schedule = lr_schedule::cosine;
   bool no_bias_decay = false;  ///< parameter groups: no weight decay on b1, b2, b3
+  /// A NaN or infinity in a snapshot: stop with an error naming the rank
+  /// (default), skip that merge, or do not check.
+  dasgd::nonfinite_guard nonfinite = dasgd::nonfinite_guard::throw_error;
   lr_scaling scaling = lr_scaling::none;
   int scaling_base = 4;         ///< the worker count --lr is tuned for
   double warmup_epochs = 0.0;   ///< linear warm-up from 10% of the peak

@@ -126,6 +126,8 @@ TEST_CASE("the outer merge, wire, parameter-group and large-batch flags reach th
   CHECK_FALSE(parse({"--outer-lr", "0.5"}).options);         // needs --merge outer
   CHECK_FALSE(parse({"--merge", "outer", "-p", "0.5"}).options);
   CHECK_FALSE(parse({"--wire", "int8"}).options);
+  CHECK(parse({}).options->nonfinite == dasgd::nonfinite_guard::throw_error);
+  CHECK(parse({"--nonfinite", "skip"}).options->nonfinite == dasgd::nonfinite_guard::skip_merge);
 }
 
 TEST_CASE("learning-rate scaling with the worker count") {

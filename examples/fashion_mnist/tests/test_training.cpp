@@ -161,3 +161,10 @@ TEST_CASE("the outer merge and parameter groups train too; warm-up starts at 10%
   CHECK(fm::detail::scheduled_lr(o, 12, 100, 24) == doctest::Approx(0.55 * peak));
   CHECK(fm::detail::scheduled_lr(o, 30, 100, 25) == doctest::Approx(peak));
 }
+
+TEST_CASE("a diverging run stops with the non-finite guard's error instead of training on NaN") {
+  auto o = small_run(fm::algorithm::dasgd);
+  o.lr = 1e4;  // diverges within a few steps
+  o.schedule = fm::lr_schedule::constant;
+  CHECK_THROWS_AS(run(o), dasgd::nonfinite_error);
+}
