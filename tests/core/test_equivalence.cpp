@@ -14,9 +14,7 @@ namespace {
 const test::least_squares problem(4, 9, 16, 1234);
 vec start() { return vec(9, 0.1); }
 double worst(const std::vector<vec>& a, const std::vector<vec>& b, double floor = 1e-2) {
-  double e = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) e = std::max(e, test::max_rel_error(a[i], b[i], floor));
-  return e;
+  return test::max_rel_error(a, b, floor);
 }
 }  // namespace
 

@@ -25,9 +25,7 @@ vec start() {
   return w;
 }
 double worst(const std::vector<vec>& a, const std::vector<vec>& b) {
-  double e = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) e = std::max(e, test::max_rel_error(a[i], b[i]));
-  return e;
+  return test::max_rel_error(a, b);
 }
 auto grad = [](int i, int, const vec& w) { return problem.gradient(i, w); };
 }  // namespace

@@ -87,9 +87,7 @@ std::vector<vec> train(int steps, policy::fixed_delay pol, Optim optim, Merge me
 }
 
 double worst(const std::vector<vec>& a, const std::vector<vec>& b) {
-  double e = 0.0;
-  for (std::size_t i = 0; i < a.size(); ++i) e = std::max(e, test::max_rel_error(a[i], b[i]));
-  return e;
+  return test::max_rel_error(a, b);
 }
 
 auto grad = [](int i, int, const vec& w) { return problem.gradient(i, w); };

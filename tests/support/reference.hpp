@@ -149,6 +149,14 @@ inline double max_rel_error(const vec& a, const vec& b, double floor = 1e-3) {
   return e;
 }
 
+/// max_rel_error over the workers' weights (a[i] against b[i]).
+inline double max_rel_error(const std::vector<vec>& a, const std::vector<vec>& b,
+                            double floor = 1e-3) {
+  double e = 0.0;
+  for (std::size_t i = 0; i < a.size(); ++i) e = std::max(e, max_rel_error(a[i], b[i], floor));
+  return e;
+}
+
 /// ||a - b||_2 / ||b||_2.
 inline double norm_rel_error(const vec& a, const vec& b) {
   double num = 0.0, den = 0.0;
