@@ -6,8 +6,14 @@
 # build/fashion_mnist_dasgd.png (test accuracy and loss against wall time and
 # steps, scripts/plot_training.py).
 # Extra arguments go to the trainer (see --help), e.g. `-a sync`.
+# `scripts/run-example.sh --libtorch [args]` runs the libtorch CNN example
+# instead (examples/libtorch_fashion_mnist/run.sh, docs/libtorch.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [[ "${1:-}" == "--libtorch" ]]; then
+  shift
+  exec examples/libtorch_fashion_mnist/run.sh "$@"
+fi
 scripts/install-deps.sh
 cmake --preset default -DDASGD_ENABLE_CUDA=OFF >/dev/null
 cmake --build --preset default -j "$(nproc)" --target dasgd_fashion_mnist
