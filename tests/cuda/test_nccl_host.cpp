@@ -6,6 +6,7 @@
 #include <dasgd/adaptors/thrust.hpp>
 #include <dasgd/kernels/cuda/parameter_arena.hpp>
 
+#include <chrono>
 #include <string>
 #include <type_traits>
 
@@ -21,6 +22,9 @@ static_assert(std::is_same_v<dasgd::comm_memory_space_t<dasgd::comm::nccl_commun
 static_assert(dasgd::comm::detail::nccl_type<__nv_bfloat16>() == ncclBfloat16);
 static_assert(dasgd::comm::detail::nccl_type<__half>() == ncclFloat16);
 static_assert(dasgd::comm::detail::nccl_type<double>() == ncclFloat64);
+// Requests are move-only: dropping one waits until its collective is issued.
+static_assert(std::is_nothrow_move_constructible_v<dasgd::comm::nccl_request>);
+static_assert(!std::is_copy_constructible_v<dasgd::comm::nccl_request>);
 
 TEST_CASE("nccl_communicator rejects a null communicator before touching the device") {
   try {
@@ -29,6 +33,18 @@ TEST_CASE("nccl_communicator rejects a null communicator before touching the dev
   } catch (const dasgd::config_error& e) {
     CHECK(std::string(e.what()).find("ncclComm_t is null") != std::string::npos);
   }
+}
+
+TEST_CASE("nccl_communicator::bootstrap and split check their arguments before any NCCL call") {
+  bool called = false;
+  auto bcast = [&](void*, std::size_t) { called = true; };
+  CHECK_THROWS_AS(dasgd::comm::nccl_communicator::bootstrap(2, 2, bcast, nullptr), dasgd::config_error);
+  CHECK_THROWS_AS(dasgd::comm::nccl_communicator::bootstrap(-1, 2, bcast, nullptr), dasgd::config_error);
+  dasgd::comm::nccl_options o;
+  o.timeout = std::chrono::milliseconds(0);
+  CHECK_THROWS_AS(dasgd::comm::nccl_communicator::bootstrap(0, 1, bcast, nullptr, o), dasgd::config_error);
+  CHECK_FALSE(called);
+  CHECK_THROWS_AS(dasgd::comm::nccl_communicator::split(nullptr, nullptr), dasgd::config_error);
 }
 #endif
 

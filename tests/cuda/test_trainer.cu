@@ -416,7 +416,10 @@ TEST_CASE("NCCL timeout: the watchdog aborts an average the compute stream waits
   o.watchdog_interval = 5ms;
   auto c = comm::nccl_communicator::single_rank(s.s, o);
   {
-    stuck_stream stuck(c.comm_stream(), 1500ms);
+    // The compute stream is stuck before the snapshot is "written": the
+    // signature exchange (on the communication stream) goes through, the
+    // data collective waits for the compute stream on the device.
+    stuck_stream stuck(s.s, 1500ms);
     auto req = c.iallreduce_average(std::span<const float>(send.data(), 1024),
                                     std::span<float>(recv.data(), 1024));
     req.wait();  // not timed out yet: the compute stream now waits on the device
@@ -429,6 +432,25 @@ TEST_CASE("NCCL timeout: the watchdog aborts an average the compute stream waits
     stuck.release();
   }
   // The compute stream drains once the stuck work is released: no hang.
+  DASGD_CUDA_CHECK(cudaStreamSynchronize(s.s));
+}
+
+TEST_CASE("NCCL timeout: a stuck communication stream holds up the signature exchange; wait() throws in time") {
+  stream_holder s;
+  cuda_backend b(s.s);
+  auto send = b.allocate<float>(1024), recv = b.allocate<float>(1024);
+  comm::nccl_options o;
+  o.timeout = 300ms;
+  auto c = comm::nccl_communicator::single_rank(s.s, o);
+  {
+    stuck_stream stuck(c.comm_stream(), 1500ms);
+    auto req = c.iallreduce_average(std::span<const float>(send.data(), 1024),
+                                    std::span<float>(recv.data(), 1024));
+    const auto t0 = std::chrono::steady_clock::now();
+    CHECK_THROWS_AS(req.wait(), timeout_error);
+    CHECK(std::chrono::steady_clock::now() - t0 < 1200ms);
+    stuck.release();
+  }
   DASGD_CUDA_CHECK(cudaStreamSynchronize(s.s));
 }
 

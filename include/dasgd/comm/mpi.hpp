@@ -12,7 +12,8 @@
 // between ranks into size_mismatch_error / comm_error on every rank (see
 // detail/mpi_engine.hpp). Every MPI failure becomes a comm_error carrying
 // MPI_Error_string; a wait longer than mpi_options::timeout becomes a
-// timeout_error.
+// timeout_error. 16-bit storage (__half, __nv_bfloat16) travels as 16-bit
+// words reduced by a user-defined operation that adds in fp32.
 //
 // Progress. OpenMPI's TCP transport moves large messages only while some
 // thread is inside MPI, so a collective left alone while the worker
