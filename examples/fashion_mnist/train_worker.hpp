@@ -14,10 +14,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
-#include <numbers>
 #include <numeric>
 #include <random>
-#include <span>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -30,6 +28,7 @@
 #include "idx_dataset.hpp"
 #include "mlp.hpp"
 #include "progress.hpp"
+#include "run_support.hpp"
 #include "training_options.hpp"
 
 namespace fashion_mnist {
@@ -67,17 +66,6 @@ inline std::int64_t steps_per_epoch(const training_options& o, Eigen::Index trai
 
 namespace detail {
 
-/// Sums `values` over all ranks (an average collective times the rank count;
-/// the values are small counts and loss sums, so the rounding is harmless).
-template <class Comm>
-std::vector<double> sum_over_ranks(Comm& comm, const std::vector<double>& values) {
-  std::vector<double> out(values.size());
-  auto request = comm.iallreduce_average(std::span<const double>(values), std::span<double>(out));
-  request.wait();
-  for (auto& v : out) v *= comm.size();
-  return out;
-}
-
 /// The learning rate of `step` (of `total`, `per_epoch` per epoch): a linear
 /// warm-up from 10% of the peak over --warmup-epochs, then the schedule.
 inline double scheduled_lr(const training_options& o, std::int64_t step, std::int64_t total,
@@ -87,9 +75,7 @@ inline double scheduled_lr(const training_options& o, std::int64_t step, std::in
   if (static_cast<double>(step) < warmup)
     return peak * (0.1 + 0.9 * static_cast<double>(step) / warmup);
   if (o.schedule == lr_schedule::constant) return peak;
-  // Cosine annealing to 1% of the peak (an lr of exactly 0 is rejected).
-  const double progress = static_cast<double>(step) / static_cast<double>(total);
-  return peak * (0.01 + 0.99 * 0.5 * (1.0 + std::cos(std::numbers::pi * progress)));
+  return cosine_lr(peak, step, total);
 }
 
 /// Parameter groups: with --no-bias-decay the biases get no weight decay.

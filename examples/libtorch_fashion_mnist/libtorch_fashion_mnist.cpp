@@ -20,7 +20,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
-#include <numbers>
 #include <numeric>
 #include <optional>
 #include <random>
@@ -42,6 +41,7 @@
 #include "cnn.hpp"
 #include "idx_dataset.hpp"
 #include "progress.hpp"
+#include "run_support.hpp"
 
 namespace torch_fashion_mnist {
 
@@ -193,19 +193,10 @@ std::int64_t steps_per_epoch(const options& o, std::int64_t train_count, int wor
 
 double scheduled_lr(const options& o, std::int64_t step, std::int64_t total) {
   if (o.schedule == "constant") return o.lr;
-  const double progress = static_cast<double>(step) / static_cast<double>(total);
-  return o.lr * (0.01 + 0.99 * 0.5 * (1.0 + std::cos(std::numbers::pi * progress)));
+  return fashion_mnist::cosine_lr(o.lr, step, total);
 }
 
-/// Sums `values` over the ranks (an average times the rank count).
-template <class Comm>
-std::vector<double> sum_over_ranks(Comm& comm, const std::vector<double>& values) {
-  std::vector<double> out(values.size());
-  auto request = comm.iallreduce_average(std::span<const double>(values), std::span<double>(out));
-  request.wait();
-  for (auto& v : out) v *= comm.size();
-  return out;
-}
+using fashion_mnist::sum_over_ranks;
 
 struct report_sinks {
   fashion_mnist::progress_display* progress = nullptr;
