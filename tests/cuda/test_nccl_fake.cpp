@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "fake_nccl_runtime.hpp"
+#include "fake_ranks.hpp"
 
 namespace fk = dasgd_test::fake_nccl;
 using namespace std::chrono_literals;
@@ -28,6 +29,7 @@ using fake_comm = dasgd::comm::basic_nccl_communicator<fk::runtime>;
 using fake_request = dasgd::comm::basic_nccl_request<fk::runtime>;
 using dasgd::collective_purpose;
 using dasgd::collective_signature;
+using namespace dasgd_test::fake_ranks;
 
 static_assert(dasgd::communicator<fake_comm, float>);
 static_assert(dasgd::communicator<fake_comm, double>);
@@ -36,12 +38,6 @@ static_assert(std::is_same_v<dasgd::comm::nccl_communicator,
                              dasgd::comm::basic_nccl_communicator<dasgd::comm::detail::nccl_runtime>>);
 
 namespace {
-
-using clock_type = std::chrono::steady_clock;
-
-double ms_since(clock_type::time_point t0) {
-  return std::chrono::duration<double, std::milli>(clock_type::now() - t0).count();
-}
 
 /// Rank 0's bytes to every rank (the bootstrap's broadcast), 5 s at most.
 class broadcast_box {
@@ -74,77 +70,10 @@ dasgd::comm::nccl_options fast_options(std::chrono::milliseconds timeout = 500ms
   return o;
 }
 
-/// Runs body(rank) on n threads; returns each rank's exception (or null).
-template <class F>
-std::vector<std::exception_ptr> run_ranks(int n, F body) {
-  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(n));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < n; ++r)
-    threads.emplace_back([&, r] {
-      try {
-        body(r);
-      } catch (...) {
-        errors[static_cast<std::size_t>(r)] = std::current_exception();
-      }
-    });
-  for (auto& t : threads) t.join();
-  return errors;
-}
-
-std::string message_of(const std::exception_ptr& e) {
-  if (!e) return "";
-  try {
-    std::rethrow_exception(e);
-  } catch (const std::exception& x) {
-    return x.what();
-  }
-  return "unknown";
-}
-
-void require_no_errors(const std::vector<std::exception_ptr>& errors) {
-  for (std::size_t r = 0; r < errors.size(); ++r) {
-    INFO("rank ", r, ": ", message_of(errors[r]));
-    CHECK(!errors[r]);
-  }
-}
-
-template <class E>
-bool is_a(const std::exception_ptr& e) {
-  if (!e) return false;
-  try {
-    std::rethrow_exception(e);
-  } catch (const E&) {
-    return true;
-  } catch (...) {
-    return false;
-  }
-}
-
 fake_comm make_rank(broadcast_box& box, int rank, int size, cudaStream_t compute,
                     dasgd::comm::nccl_options o = fast_options()) {
   return fake_comm::bootstrap(
       rank, size, [&box, rank](void* p, std::size_t n) { box(rank, p, n); }, compute, o);
-}
-
-collective_signature step_sig(std::uint64_t seq, std::int64_t proposal = 0) {
-  collective_signature s;
-  s.purpose = collective_purpose::step_average;
-  s.sequence = seq;
-  s.proposal = proposal;
-  return s;
-}
-
-template <class T>
-std::vector<T> host_copy(const T* p, std::size_t n) {
-  return fk::locked([&](fk::world_t&) { return std::vector<T>(p, p + n); });
-}
-
-template <class T>
-void fill(T* p, std::size_t n, T base) {
-  fk::locked([&](fk::world_t&) {
-    for (std::size_t i = 0; i < n; ++i) p[i] = base + static_cast<T>(i);
-    return 0;
-  });
 }
 
 bool all_garbage(const void* p, std::size_t bytes) {
@@ -156,10 +85,6 @@ bool all_garbage(const void* p, std::size_t bytes) {
   });
 }
 
-struct fresh_fake {
-  fresh_fake() { fk::reset(); }
-  ~fresh_fake() { fk::reset(); }
-};
 
 }  // namespace
 

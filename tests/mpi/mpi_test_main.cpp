@@ -13,6 +13,10 @@
 
 #include <dasgd/comm/mpi.hpp>
 
+#if defined(DASGD_MPI_TEST_NEEDS_GPU)
+#include <cuda_runtime_api.h>
+#endif
+
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -99,6 +103,15 @@ class watchdog {
 
 int main(int argc, char** argv) {
   dasgd::comm::mpi_environment env(argc, argv);
+#if defined(DASGD_MPI_TEST_NEEDS_GPU)
+  // GPU tests run by mpiexec: every rank sees the same machine, so every
+  // rank skips alike (exit status 77) where there is no device.
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    if (world_rank() == 0) std::printf("SKIPPED: no CUDA device\n");
+    return 77;
+  }
+#endif
   const char* deadline = std::getenv("DASGD_MPI_TEST_DEADLINE");
   watchdog guard(std::chrono::seconds(deadline ? std::atoi(deadline) : 100));
 

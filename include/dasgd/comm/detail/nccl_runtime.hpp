@@ -14,46 +14,17 @@
 
 #include <cstddef>
 
+#include "cuda_runtime.hpp"
+
 namespace dasgd::comm::detail {
 
-struct nccl_runtime {
+/// The CUDA calls come from cuda_runtime (shared with the host-staged
+/// communicator); the NCCL calls are added here.
+struct nccl_runtime : cuda_runtime {
   /// Whether comm_init_rank_nonblocking / comm_split_nonblocking create a
   /// non-blocking communicator (returning ncclInProgress while they run).
   static constexpr bool nonblocking_init = NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0);
   static constexpr bool has_split = NCCL_VERSION_CODE >= NCCL_VERSION(2, 18, 0);
-
-  // --- CUDA runtime ---------------------------------------------------------
-  static cudaError_t event_create(cudaEvent_t* e, unsigned flags) { return cudaEventCreateWithFlags(e, flags); }
-  static cudaError_t event_record(cudaEvent_t e, cudaStream_t s) { return cudaEventRecord(e, s); }
-  static cudaError_t event_query(cudaEvent_t e) { return cudaEventQuery(e); }
-  static cudaError_t event_destroy(cudaEvent_t e) { return cudaEventDestroy(e); }
-  static cudaError_t event_elapsed(float* ms, cudaEvent_t start, cudaEvent_t end) {
-    return cudaEventElapsedTime(ms, start, end);
-  }
-  static cudaError_t stream_wait_event(cudaStream_t s, cudaEvent_t e) { return cudaStreamWaitEvent(s, e, 0); }
-  static cudaError_t stream_create(cudaStream_t* s, unsigned flags, int priority) {
-    return cudaStreamCreateWithPriority(s, flags, priority);
-  }
-  static cudaError_t stream_destroy(cudaStream_t s) { return cudaStreamDestroy(s); }
-  static cudaError_t stream_priority_range(int* least, int* greatest) {
-    return cudaDeviceGetStreamPriorityRange(least, greatest);
-  }
-  static cudaError_t malloc_device(void** p, std::size_t bytes) { return cudaMalloc(p, bytes); }
-  static cudaError_t free_device(void* p) { return cudaFree(p); }
-  static cudaError_t malloc_host(void** p, std::size_t bytes) { return cudaMallocHost(p, bytes); }
-  static cudaError_t free_host(void* p) { return cudaFreeHost(p); }
-  static cudaError_t memcpy_async(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind,
-                                  cudaStream_t s) {
-    return cudaMemcpyAsync(dst, src, bytes, kind, s);
-  }
-  static cudaError_t get_device(int* d) { return cudaGetDevice(d); }
-  static cudaError_t set_device(int d) { return cudaSetDevice(d); }
-  static cudaError_t pointer_attributes(cudaPointerAttributes* a, const void* p) {
-    return cudaPointerGetAttributes(a, p);
-  }
-  static cudaError_t get_last_error() { return cudaGetLastError(); }
-  static const char* error_name(cudaError_t e) { return cudaGetErrorName(e); }
-  static const char* error_string(cudaError_t e) { return cudaGetErrorString(e); }
 
   // --- NCCL -------------------------------------------------------------------
   static ncclResult_t all_reduce(const void* send, void* recv, std::size_t count, ncclDataType_t type,
