@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "cuda/storage_tolerance.hpp"
+#include "cuda/trainer_comparison.hpp"
 
 namespace {
 
@@ -93,7 +94,6 @@ void compare(policy::fixed_delay pol, Optim opt, Merge merge, bool master, int s
 
   auto dev_g = dg.tensors();
   std::vector<std::vector<T>> g(extents.size());
-  std::vector<T> back;
   for (int k = 0; k < steps; ++k) {
     for (std::size_t t = 0; t < extents.size(); ++t) {
       g[t].resize(extents[t]);
@@ -112,22 +112,7 @@ void compare(policy::fixed_delay pol, Optim opt, Merge merge, bool master, int s
       host.synchronize();
       dev.synchronize();
     }
-    for (std::size_t t = 0; t < extents.size(); ++t) {
-      back.resize(extents[t]);
-      dev.backend().copy_to_host(dev_w.data(t), back.data(), back.size());
-      std::size_t bad = 0;
-      double worst = 0;
-      for (std::size_t i = 0; i < back.size(); ++i) {
-        const double h = test::as_double(host_w[t][i]), d = test::as_double(back[i]);
-        // Host and device round differently (FMA on the device): two storage
-        // ulps plus the compute type's drift over the steps so far.
-        const double tol = 2.0 * test::ulp_at<T>(h) + 64.0 * (k + 1) * 0x1p-24 * (1.0 + std::abs(h));
-        worst = std::max(worst, std::abs(d - h) / tol);
-        if (std::abs(d - h) > tol) ++bad;
-      }
-      INFO("rank ", rank, " step ", k, " tensor ", t, ": worst error / tolerance ", worst);
-      CHECK(bad == 0);
-    }
+    test::check_weights_close(host_w, dev.backend(), dev_w, k, "rank " + std::to_string(rank));
   }
   CHECK(dev.steps_taken() == steps);
 }

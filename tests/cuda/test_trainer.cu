@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "cuda/storage_tolerance.hpp"
+#include "cuda/trainer_comparison.hpp"
 
 namespace {
 
@@ -144,7 +145,6 @@ void compare_trainers(Model& dev_model, std::vector<std::vector<T>> host_w, Devi
 
   auto dev_g = dev_model.grads();
   std::vector<std::vector<T>> g(host_w.size());
-  std::vector<T> back;
   for (int k = 0; k < steps; ++k) {
     for (std::size_t t = 0; t < host_w.size(); ++t) {
       g[t].resize(host_w[t].size());
@@ -163,22 +163,7 @@ void compare_trainers(Model& dev_model, std::vector<std::vector<T>> host_w, Devi
       host.synchronize();
       dev.synchronize();
     }
-    for (std::size_t t = 0; t < host_w.size(); ++t) {
-      back.resize(host_w[t].size());
-      dev.backend().copy_to_host(dev_w.data(t), back.data(), back.size());
-      std::size_t bad = 0;
-      double worst = 0;
-      for (std::size_t i = 0; i < back.size(); ++i) {
-        const double h = test::as_double(host_w[t][i]), d = test::as_double(back[i]);
-        // Host and device round differently (FMA on the device); allow two
-        // storage ulps plus the compute type's drift over the steps so far.
-        const double tol = 2.0 * test::ulp_at<T>(h) + 64.0 * (k + 1) * 0x1p-24 * (1.0 + std::abs(h));
-        worst = std::max(worst, std::abs(d - h) / tol);
-        if (std::abs(d - h) > tol) ++bad;
-      }
-      INFO("step ", k, " tensor ", t, ": worst error / tolerance ", worst);
-      CHECK(bad == 0);
-    }
+    test::check_weights_close(host_w, dev.backend(), dev_w, k, "device");
   }
   CHECK(dev.steps_taken() == steps);
   CHECK_FALSE(dev.average_in_flight());

@@ -40,6 +40,11 @@ struct cuda_runtime {
   static cudaError_t pointer_attributes(cudaPointerAttributes* a, const void* p) {
     return cudaPointerGetAttributes(a, p);
   }
+  static cudaError_t device_can_access_peer(int* can, int device, int peer) {
+    return cudaDeviceCanAccessPeer(can, device, peer);
+  }
+  /// From the current device to `peer`.
+  static cudaError_t device_enable_peer_access(int peer) { return cudaDeviceEnablePeerAccess(peer, 0); }
   static cudaError_t get_last_error() { return cudaGetLastError(); }
   static const char* error_name(cudaError_t e) { return cudaGetErrorName(e); }
   static const char* error_string(cudaError_t e) { return cudaGetErrorString(e); }
