@@ -47,7 +47,7 @@ if [[ "${1:-}" == "--prepare" ]]; then
     -DDASGD_BUILD_EXAMPLES=OFF -DDASGD_BUILD_TESTS=ON -DDASGD_BUILD_BENCHMARKS=ON -DDASGD_BENCH_TUNING_SWEEP=ON \
     -Ddoctest_DIR="$carry/lib/cmake/doctest" >/dev/null &&
     cmake --build "$root/build-gpu-prebuilt" -j "${JOBS:-$(nproc)}" --target \
-      dasgd.test.cuda.fused_kernel dasgd.test.cuda.trainer dasgd.test.cuda.half_functors \
+      dasgd.test.cuda.fused_kernel dasgd.test.cuda.trainer dasgd.test.cuda.device_group dasgd.test.cuda.half_functors \
       dasgd.test.cuda.backend_checks dasgd_bench_update_kernels >/dev/null || {
     echo "gpu_check.sh --prepare: building the CUDA targets failed" >&2
     exit 1
@@ -120,7 +120,7 @@ EOF
 fi
 
 # ---- binaries built before the session (--prepare), when they load here ------------
-gpu_tests=(dasgd.test.cuda.fused_kernel dasgd.test.cuda.trainer)
+gpu_tests=(dasgd.test.cuda.fused_kernel dasgd.test.cuda.trainer dasgd.test.cuda.device_group)
 host_tests=(dasgd.test.cuda.half_functors dasgd.test.cuda.backend_checks)
 targets=("${gpu_tests[@]}" "${host_tests[@]}")
 prebuilt="$root/.carry/prebuilt"
