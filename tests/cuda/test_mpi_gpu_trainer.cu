@@ -67,8 +67,15 @@ comm::host_staged_options staged_opts() {
   return o;
 }
 
-template <class T, class Optim, class Merge>
-void compare(policy::fixed_delay pol, Optim opt, Merge merge, bool master, int steps) {
+/// The device communicator under test, made for the compute stream.
+struct staged_factory {
+  staged_mpi operator()(cudaStream_t s) const {
+    return staged_mpi(comm::mpi_communicator(MPI_COMM_WORLD, mpi_opts()), s, staged_opts());
+  }
+};
+
+template <class T, class Optim, class Merge, class Factory = staged_factory>
+void compare(policy::fixed_delay pol, Optim opt, Merge merge, bool master, int steps, Factory make = {}) {
   const int rank = world_rank();
   stream_holder s;
   // Different initial weights per rank: broadcast_parameters(0) must make
@@ -87,8 +94,7 @@ void compare(policy::fixed_delay pol, Optim opt, Merge merge, bool master, int s
   delayed_averager host(make_tensor_list(host_w), comm::mpi_communicator(MPI_COMM_WORLD, mpi_opts()), pol, opt, merge,
                         options);
   auto dev_w = dw.tensors();
-  delayed_averager dev(dev_w, staged_mpi(comm::mpi_communicator(MPI_COMM_WORLD, mpi_opts()), s.s, staged_opts()), pol,
-                       opt, merge, cuda_backend(s.s), options);
+  delayed_averager dev(dev_w, make(s.s), pol, opt, merge, cuda_backend(s.s), options);
   host.broadcast_parameters(0);
   dev.broadcast_parameters(0);
 
@@ -117,12 +123,17 @@ void compare(policy::fixed_delay pol, Optim opt, Merge merge, bool master, int s
   CHECK(dev.steps_taken() == steps);
 }
 
-template <class T, class Optim, class Merge>
-void every_delay(Optim opt, Merge merge, bool master) {
+template <class T, class Optim, class Merge, class Factory = staged_factory>
+void every_delay_with(Optim opt, Merge merge, bool master, Factory make = {}) {
   for (int d = 0; d <= 3; ++d) {
     CAPTURE(d);
-    compare<T>(policy::fixed_delay{4, d}, opt, merge, master, 14);
+    compare<T>(policy::fixed_delay{4, d}, opt, merge, master, 14, make);
   }
+}
+
+template <class T, class Optim, class Merge>
+void every_delay(Optim opt, Merge merge, bool master) {
+  every_delay_with<T>(opt, merge, master);
 }
 
 }  // namespace
@@ -149,3 +160,85 @@ TEST_CASE("GPU workers over host-staged MPI match the host backend: AdamW") {
     every_delay<__nv_bfloat16>(optim::adamw{.lr = 1e-2}, merge::additive{}, true);
   }
 }
+
+#if defined(DASGD_HAS_NCCL)
+#include <dasgd/comm/nccl.hpp>
+
+#include <cstdlib>
+#include <thread>
+
+namespace {
+
+/// NCCL refuses two ranks on one GPU ("Duplicate GPU detected") unless they
+/// look like separate hosts: each rank gets its own NCCL_HOSTID (read by
+/// NCCL at its first initialization), and the socket transport joins them.
+/// Returns whether every rank's initialization succeeded; the reason when not.
+bool nccl_accepts_shared_gpu(std::string& why) {
+  const std::string host_id = "dasgd-test-rank-" + std::to_string(world_rank());
+  setenv("NCCL_HOSTID", host_id.c_str(), 1);
+  int ok = 1;
+  try {
+    stream_holder s;
+    comm::nccl_options o;
+    o.timeout = std::chrono::seconds(60);
+    auto c = comm::nccl_communicator::from_mpi(MPI_COMM_WORLD, s.s, o);
+  } catch (const std::exception& e) {
+    ok = 0;
+    why = e.what();
+  }
+  int all = 0;
+  MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  return all == 1;
+}
+
+struct nccl_factory {
+  comm::nccl_communicator operator()(cudaStream_t s) const {
+    comm::nccl_options o;
+    o.timeout = std::chrono::seconds(60);
+    return comm::nccl_communicator::from_mpi(MPI_COMM_WORLD, s, o);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("GPU workers over NCCL (ranks sharing one GPU, one NCCL_HOSTID each) match the host backend") {
+  std::string why;
+  if (!nccl_accepts_shared_gpu(why)) {
+    MESSAGE("NCCL refused several ranks on one GPU even with distinct NCCL_HOSTID: ", why);
+    return;
+  }
+  MESSAGE("NCCL accepted ranks sharing one GPU with distinct NCCL_HOSTID (rank ", world_rank(), ")");
+  every_delay_with<float>(optim::sgd{.lr = 0.05, .momentum = 0.9}, merge::mix{0.25}, false, nccl_factory{});
+  every_delay_with<__nv_bfloat16>(optim::adamw{.lr = 1e-2}, merge::additive{}, true, nccl_factory{});
+
+  // One rank stalls (its compute stream is held by a host function past
+  // the timeout): every rank gets timeout_error, within the timeout, and the
+  // communicator is latched.
+  stream_holder s;
+  comm::nccl_options o;
+  o.timeout = std::chrono::milliseconds(1500);
+  auto c = comm::nccl_communicator::from_mpi(MPI_COMM_WORLD, s.s, o);
+  cuda_backend b(s.s);
+  auto send = b.allocate<float>(1 << 16);
+  auto recv = b.allocate<float>(1 << 16);
+  if (world_rank() == 1)
+    DASGD_CUDA_CHECK(cudaLaunchHostFunc(
+        s.s, [](void*) { std::this_thread::sleep_for(std::chrono::milliseconds(5000)); }, nullptr));
+  const auto t0 = std::chrono::steady_clock::now();
+  bool timed_out = false;
+  try {
+    auto r = c.iallreduce_average(std::span<const float>(send.data(), 1 << 16), std::span<float>(recv.data(), 1 << 16));
+    r.wait();
+    DASGD_CUDA_CHECK(cudaStreamSynchronize(s.s));
+    c.check_health();
+  } catch (const timeout_error&) {
+    timed_out = true;
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  CHECK(timed_out);
+  CHECK(seconds < 8.0);
+  CHECK_THROWS_AS(c.check_health(), comm_error);
+  (void)cudaStreamSynchronize(s.s);
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+#endif
