@@ -5,9 +5,11 @@
 
 #include <dasgd/dasgd.hpp>
 
+#include <cstring>
 #include <sstream>
 #include <string>
 
+#include "support/checkpoint_forge.hpp"
 #include "support/fake_comm.hpp"
 #include "support/problems.hpp"
 
@@ -146,4 +148,46 @@ TEST_CASE("corrupt, truncated and incompatible checkpoints are rejected") {
   fresh.tr.load(ok);
   CHECK(fresh.tr.steps_taken() == 6);
   CHECK(fresh.w == s.w);
+}
+
+namespace {
+/// The checkpoint with `suffix` cut from the end of its configuration text
+/// (the header's last string): what a trainer from before a field existed
+/// wrote. The string's length, the header size and the CRCs are patched.
+std::string without_config_suffix(std::string blob, const std::string& config, const std::string& suffix) {
+  REQUIRE(config.size() >= suffix.size());
+  REQUIRE(config.compare(config.size() - suffix.size(), suffix.size(), suffix) == 0);
+  const auto at = blob.find(config);
+  REQUIRE(at != std::string::npos);
+  const std::uint64_t n = config.size() - suffix.size();
+  std::memcpy(blob.data() + at - 8, &n, 8);
+  blob.erase(at + n, suffix.size());
+  std::uint32_t header = 0;
+  std::memcpy(&header, blob.data() + 12, 4);
+  header -= static_cast<std::uint32_t>(suffix.size());
+  std::memcpy(blob.data() + 12, &header, 4);
+  test::fix_crcs(blob);
+  return blob;
+}
+}  // namespace
+
+TEST_CASE("a checkpoint written before the optimizer_state and buffers fields existed loads") {
+  single a;
+  const std::string blob = blob_of(a, 6);
+  const std::string config = a.tr.configuration().text({"learning_rate"});
+  const std::string old = without_config_suffix(blob, config, "; optimizer_state=local; buffers=none");
+  single b;
+  std::istringstream is(old);
+  b.tr.load(is);
+  CHECK(b.tr.steps_taken() == 6);
+  CHECK(b.w == a.w);
+  // Read as defaults, they still must match: a trainer averaging its state
+  // is a different configuration.
+  std::vector<float> w(5, 1.0f);
+  delayed_averager<float, test::fake_communicator, policy::fixed_delay, optim::sgd, merge::mix> other{
+      make_tensor_list(w), test::fake_communicator{}, policy::fixed_delay{4, 1},
+      optim::sgd{.lr = 0.1, .momentum = 0.5}, merge::mix{0.25},
+      trainer_options{.optimizer_state = averaging::averaged}};
+  std::istringstream is2(old);
+  CHECK_THROWS_WITH_AS(other.load(is2), doctest::Contains("optimizer_state"), checkpoint_error);
 }

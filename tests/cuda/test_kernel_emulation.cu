@@ -47,7 +47,15 @@ class emulation {
   using C = default_compute_t<T>;
 
   explicit emulation(std::vector<tensor_spec> specs)
-      : layout_(std::move(specs)), init_(test::random_inputs<T>(layout_, 99)) {}
+      : layout_(std::move(specs)), init_(test::random_inputs<T>(layout_, 99)) {
+    // State planes: first moments in [-0.5, 0.5), second in [0.01, 0.5).
+    std::mt19937 rng(7);
+    planes_.resize(4 * layout_.arena);
+    for (std::size_t i = 0; i < planes_.size(); ++i) {
+      const bool second = (i / layout_.arena) % 2 == 1;
+      planes_[i] = test::random_storage<T>(rng, second ? 0.01 : -0.5, 0.5);
+    }
+  }
 
   std::size_t nonempty() const { return layout_.nonempty_tensors(); }
 
@@ -88,6 +96,65 @@ class emulation {
     return tables;
   }
 
+  /// check() for a pass that carries the optimizer state
+  /// (stage::average_state): the four state planes (snapshot s0, s1, average
+  /// s0, s1) are extra streams, compared bit for bit too. The state is read
+  /// even by merge-only passes. Also checks that carrying the state changes
+  /// what the pass writes (planes for a snapshot, state for a merge).
+  template <ks::stage S, class Policy = kc::default_fused_update_policy, class E>
+  void check_state(const E& elem, const merge_coefficients& mc, bool use_master) {
+    static_assert(has(S, ks::stage::average_state));
+    constexpr int N = E::state_count;
+    test::host_buffers<T> ref = init_, emu = init_, plain = init_;
+    std::vector<T> planes_ref = planes_, planes_emu = planes_;
+    const test::tensor_views<T, host_space> h(layout_, ref.w.data(), ref.g.data());
+    const test::tensor_views<T, host_space> hp(layout_, plain.w.data(), plain.g.data());
+    const test::tensor_views<T, device_space> e(layout_, emu.w.data(), emu.g.data());
+    const std::size_t arena = layout_.arena;
+    const auto with_planes = [&](auto args, auto& bufs, std::vector<T>& planes) {
+      if constexpr (N > 0) args.state[0] = bufs.s0.data();
+      if constexpr (N > 1) args.state[1] = bufs.s1.data();
+      for (int st = 0; st < N; ++st) {
+        args.state_snapshot[st] = planes.data() + static_cast<std::size_t>(st) * arena;
+        args.state_average[st] = planes.data() + static_cast<std::size_t>(2 + st) * arena;
+      }
+      return args;
+    };
+    const auto ha = with_planes(test::make_pass_args<S, E, C>(h, layout_, ref, use_master, mc), ref, planes_ref);
+    const auto ea = with_planes(test::make_pass_args<S, E, C>(e, layout_, emu, use_master, mc), emu, planes_emu);
+    REQUIRE(kc::can_implement<S, E, T, C, Policy>(ea));
+    host_backend().run<S>(ha, elem);
+    const auto run_grid = [&](const auto& p, std::size_t blocks) {
+      const auto threads = static_cast<std::uint32_t>(Policy::tuning.threads_per_block);
+      for (std::size_t b = 0; b < blocks; ++b)
+        for (std::uint32_t t = 0; t < threads; ++t) {
+          if (use_master)
+            kc::detail::update_block<Policy, S, true>(p, static_cast<std::uint32_t>(b), t, threads);
+          else
+            kc::detail::update_block<Policy, S, false>(p, static_cast<std::uint32_t>(b), t, threads);
+        }
+    };
+    if (use_master) kc::for_each_chunk_table<Policy, S, true>(ea, elem, run_grid);
+    else kc::for_each_chunk_table<Policy, S, false>(ea, elem, run_grid);
+    CHECK(emu == ref);
+    bool planes_same = planes_emu.size() == planes_ref.size();
+    for (std::size_t i = 0; planes_same && i < planes_ref.size(); ++i)
+      planes_same = test::same_bits(planes_emu[i], planes_ref[i]);
+    CHECK(planes_same);
+    if constexpr (N > 0) {
+      // The same pass without the state: the planes stay, the state is not merged.
+      constexpr ks::stage P = ks::without(S, ks::stage::average_state);
+      auto pa = test::make_pass_args<P, E, C>(hp, layout_, plain, use_master, mc);
+      if constexpr (has(P, ks::stage::local_step) || has(P, ks::stage::write_snapshot) ||
+                    has(P, ks::stage::merge)) {
+        if constexpr (has(P, ks::stage::local_step)) host_backend().run<P>(pa, elem);
+        else host_backend().run<P>(pa, ks::no_step_element<C>{});
+      }
+      if constexpr (has(S, ks::stage::write_snapshot)) CHECK_FALSE(planes_ref == planes_);
+      if constexpr (has(S, ks::stage::merge)) CHECK_FALSE(ref.s0 == plain.s0);
+    }
+  }
+
   /// The host backend's result of the last check().
   const test::host_buffers<T>& last() const { return last_; }
   std::size_t tensors() const { return layout_.specs.size(); }
@@ -96,6 +163,7 @@ class emulation {
   test::tensor_layout layout_;
   test::host_buffers<T> init_;
   test::host_buffers<T> last_;
+  std::vector<T> planes_;  ///< snapshot s0, s1, average s0, s1 (arena layout each)
 };
 
 template <class T>
@@ -202,4 +270,36 @@ TEST_CASE_TEMPLATE("emulated kernel with parameter groups (per-tensor lr scale a
       }
     });
   }
+}
+
+namespace {
+
+/// Every pass that carries the optimizer state, for every optimizer: the
+/// snapshot writes the state planes, the merges merge the state (merge-only
+/// passes read it without a local step), AdamW's second moment is clamped.
+template <class T, class Policy = kc::default_fused_update_policy>
+void every_state_pass(emulation<T>& em, bool master) {
+  using C = default_compute_t<T>;
+  constexpr auto A = ks::stage::average_state;
+  for (const auto& oc : optimizer_cases) {
+    INFO("optimizer ", std::string(oc.name), ", master ", master);
+    with_element<C>(oc, [&](const auto& e) {
+      em.template check_state<ks::step_and_snapshot | A, Policy>(e, {}, master);
+      em.template check_state<ks::step_and_mix | A, Policy>(e, mix_coeffs, master);
+      em.template check_state<ks::step_and_correct | A, Policy>(e, correct_coeffs, master);
+      em.template check_state<ks::mix_only | A, Policy>(e, mix_coeffs, master);
+      em.template check_state<ks::correct_only | A, Policy>(e, correct_coeffs, master);
+      em.template check_state<ks::snapshot_only | A, Policy>(e, {}, master);
+    });
+  }
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("emulated kernel carrying the optimizer state (averaged state)", T, float,
+                   __nv_bfloat16, double) {
+  emulation<T> em(standard_specs());
+  every_state_pass(em, false);
+  if constexpr (!std::is_same_v<T, double>) every_state_pass(em, true);
+  every_state_pass<T, policies::tiny>(em, false);
 }

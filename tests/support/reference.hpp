@@ -81,26 +81,53 @@ struct ref_schedule {
   // What the wire does to a value (rounding to a 16-bit type); identity if
   // empty. Applied to each snapshot sent and to the average received.
   std::function<double(double)> wire{};
+  // The optimizer state (momentum buffer m; Adam's m and v) is sent with the
+  // weights and merged by the same (a, b, c); v is then kept >= 0.
+  bool average_state = false;
+  // Registered buffers (not optimized): buffer_update(i, k, w, buf) changes
+  // worker i's buffer before its step k (the user's forward pass, seeing
+  // the weights before the step); with average_buffers they are sent with
+  // the weights and merged by the same (a, b, c), else left alone.
+  std::function<void(int, int, const vec&, vec&)> buffer_update{};
+  bool average_buffers = false;
+};
+
+/// Everything a simulated run ends with, per worker.
+struct ref_run {
+  std::vector<vec> w;
+  std::vector<ref_state> state;
+  std::vector<vec> buffers;
 };
 
 /// n workers, `steps` steps of the docs/design.md timeline. grad(i, k, w) returns
 /// worker i's gradient at step k for its current weights w.
+/// `buffers`: each worker's registered buffers, flat (empty: none).
 template <class Opt>
-std::vector<vec> simulate_dasgd(int n, int steps, const ref_schedule& s, const Opt& opt,
-                                std::vector<vec> w,
-                                const std::function<vec(int, int, const vec&)>& grad) {
-  std::vector<ref_state> state(static_cast<std::size_t>(n));
-  std::vector<vec> snap(static_cast<std::size_t>(n));
+ref_run simulate_dasgd_run(int n, int steps, const ref_schedule& s, const Opt& opt,
+                           std::vector<vec> w,
+                           const std::function<vec(int, int, const vec&)>& grad,
+                           std::vector<vec> buffers = {}) {
+  const auto N = static_cast<std::size_t>(n);
+  if (buffers.empty()) buffers.assign(N, vec{});
+  std::vector<ref_state> state(N);
+  std::vector<vec> snap(N);
+  // What travels besides the weights: snapshots of m, v and the buffers.
+  std::vector<vec> snap_m(N), snap_v(N), snap_b(N);
+  vec avg_m, avg_v, avg_b;
   std::vector<vec> u(static_cast<std::size_t>(n), vec(w[0].size(), 0.0));
   vec avg;
   bool pending = false;
   int merge_at = -1;
   const std::size_t dim = w[0].size();
   const auto wire = [&](double x) { return s.wire ? s.wire(x) : x; };
+  const auto lin = [&](vec& x, const vec& a, const vec& sn) {
+    for (std::size_t j = 0; j < x.size(); ++j) x[j] = s.a * x[j] + s.b * a[j] + s.c * sn[j];
+  };
   auto merge = [&](int i) {
-    auto& wi = w[static_cast<std::size_t>(i)];
-    const auto& si = snap[static_cast<std::size_t>(i)];
-    auto& ui = u[static_cast<std::size_t>(i)];
+    const auto I = static_cast<std::size_t>(i);
+    auto& wi = w[I];
+    const auto& si = snap[I];
+    auto& ui = u[I];
     for (std::size_t j = 0; j < dim; ++j) {
       if (s.outer) {
         const double d = si[j] - avg[j];
@@ -110,10 +137,31 @@ std::vector<vec> simulate_dasgd(int n, int steps, const ref_schedule& s, const O
         wi[j] = s.a * wi[j] + s.b * avg[j] + s.c * si[j];
       }
     }
+    if (s.average_state) {
+      lin(state[I].m, avg_m, snap_m[I]);
+      if (!state[I].v.empty()) {
+        lin(state[I].v, avg_v, snap_v[I]);
+        for (auto& x : state[I].v) x = std::max(x, 0.0);  // a second moment is >= 0
+      }
+    }
+    if (s.average_buffers) lin(buffers[I], avg_b, snap_b[I]);
+  };
+  // Snapshot of x into sn, and its wire-rounded mean over the workers into a.
+  const auto send = [&](const std::vector<vec>& x, std::vector<vec>& sn, vec& a) {
+    a.assign(x[0].size(), 0.0);
+    for (std::size_t i = 0; i < N; ++i) {
+      sn[i] = x[i];
+      for (auto& e : sn[i]) e = wire(e);
+      for (std::size_t j = 0; j < a.size(); ++j) a[j] += sn[i][j] / n;
+    }
+    for (auto& e : a) e = wire(e);
   };
   for (int k = 0; k < steps; ++k) {
     std::vector<vec> g(static_cast<std::size_t>(n));
     for (int i = 0; i < n; ++i) g[static_cast<std::size_t>(i)] = grad(i, k, w[static_cast<std::size_t>(i)]);
+    if (s.buffer_update)
+      for (int i = 0; i < n; ++i)
+        s.buffer_update(i, k, w[static_cast<std::size_t>(i)], buffers[static_cast<std::size_t>(i)]);
     for (int i = 0; i < n; ++i)
       ref_step(opt, w[static_cast<std::size_t>(i)], g[static_cast<std::size_t>(i)],
                state[static_cast<std::size_t>(i)]);
@@ -130,6 +178,13 @@ std::vector<vec> simulate_dasgd(int n, int steps, const ref_schedule& s, const O
         for (std::size_t j = 0; j < dim; ++j) avg[j] += si[j] / n;
       }
       for (auto& x : avg) x = wire(x);
+      if (s.average_state) {
+        std::vector<vec> m(N), v(N);
+        for (std::size_t i = 0; i < N; ++i) m[i] = state[i].m, v[i] = state[i].v;
+        send(m, snap_m, avg_m);
+        if (!v[0].empty()) send(v, snap_v, avg_v);
+      }
+      if (s.average_buffers) send(buffers, snap_b, avg_b);
       if (s.delay == 0) {
         for (int i = 0; i < n; ++i) merge(i);
       } else {
@@ -138,7 +193,15 @@ std::vector<vec> simulate_dasgd(int n, int steps, const ref_schedule& s, const O
       }
     }
   }
-  return w;
+  return {std::move(w), std::move(state), std::move(buffers)};
+}
+
+/// The workers' final weights of simulate_dasgd_run.
+template <class Opt>
+std::vector<vec> simulate_dasgd(int n, int steps, const ref_schedule& s, const Opt& opt,
+                                std::vector<vec> w,
+                                const std::function<vec(int, int, const vec&)>& grad) {
+  return simulate_dasgd_run(n, steps, s, opt, std::move(w), grad).w;
 }
 
 /// Largest |a - b| / max(|b|, floor) over all elements.

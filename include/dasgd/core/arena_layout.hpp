@@ -24,4 +24,20 @@ inline std::vector<std::size_t> arena_offsets(const std::vector<std::size_t>& ex
   return off;
 }
 
+/// Layout of the snapshot and the average arenas (what one step average
+/// sends): the weights' plane (the parameter arena layout), then one plane
+/// of the same layout per optimizer state that travels (averaging::averaged),
+/// then the averaged registered buffers in their own arena layout. Every
+/// part starts on a multiple of arena_alignment_elements, so each stays
+/// vector-aligned.
+struct snapshot_layout {
+  std::size_t plane = 0;          ///< elements of the weights' plane (and of each state plane)
+  std::size_t state_planes = 0;   ///< optimizer states that travel
+  std::size_t buffer_elements = 0;  ///< the averaged buffers, padding included
+
+  std::size_t state_plane(std::size_t s) const { return (1 + s) * plane; }
+  std::size_t buffer_offset() const { return (1 + state_planes) * plane; }
+  std::size_t total() const { return buffer_offset() + buffer_elements; }
+};
+
 }  // namespace dasgd::detail

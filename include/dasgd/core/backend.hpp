@@ -34,6 +34,10 @@ struct pass_args {
   C* state[max_state] = {nullptr, nullptr};
   W* snapshot = nullptr;
   const W* average = nullptr;
+  /// stage::average_state: the planes of the snapshot and the average
+  /// arenas that hold optimizer state s (same layout `offsets`, type W).
+  W* state_snapshot[max_state] = {nullptr, nullptr};
+  const W* state_average[max_state] = {nullptr, nullptr};
   kernels::merge_coeffs<C> merge{C(1), C(0), C(0)};
   /// The outer optimizer's state (arena layout; stage::outer_momentum).
   C* outer = nullptr;

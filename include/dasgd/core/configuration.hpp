@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -76,6 +77,35 @@ class configuration {
       out += k + "=" + v;
     }
     return out;
+  }
+
+  /// The value of field `key` in a text made by text(); `fallback` when
+  /// the text has no such field (one written before the field existed).
+  static std::string field(const std::string& text, std::string_view key,
+                           std::string_view fallback = {}) {
+    std::size_t pos = 0;
+    while (pos <= text.size()) {
+      const auto next = text.find("; ", pos);
+      const std::string_view f(text.data() + pos,
+                               (next == std::string::npos ? text.size() : next) - pos);
+      if (f.size() > key.size() && f.substr(0, key.size()) == key && f[key.size()] == '=')
+        return std::string(f.substr(key.size() + 1));
+      if (next == std::string::npos) break;
+      pos = next + 2;
+    }
+    return std::string(fallback);
+  }
+
+  /// `text` with each of `defaults` ({key, value}) appended, in order, where
+  /// it lacks that field: how a text written before fields were added reads.
+  static std::string with_defaults(std::string text,
+                                   std::initializer_list<std::pair<std::string_view, std::string_view>> defaults) {
+    for (const auto& [key, value] : defaults) {
+      if (!field(text, key).empty()) continue;
+      if (!text.empty()) text += "; ";
+      text.append(key).append("=").append(value);
+    }
+    return text;
   }
 
   /// The first field where two texts made by text() differ, as

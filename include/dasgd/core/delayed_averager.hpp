@@ -38,6 +38,7 @@
 #include "../kernels/fused_element.hpp"
 #include "../kernels/host/host_backend.hpp"
 #include "arena_layout.hpp"
+#include "averaging.hpp"
 #include "backend.hpp"
 #include "checkpoint.hpp"
 #include "checkpoint_file.hpp"
@@ -49,6 +50,7 @@
 #include "local_optimizer.hpp"
 #include "merge_rule.hpp"
 #include "precision.hpp"
+#include "registered_buffers.hpp"
 #include "tensor_list.hpp"
 #include "trainer_options.hpp"
 
@@ -152,6 +154,7 @@ class delayed_averager {
     detail::require_disjoint(params_, "parameter");
     optim_.validate();
     validate_per_tensor();
+    validate_state_averaging();
     if constexpr (requires { policy_.validate(); }) policy_.validate();
     if constexpr (requires { merge_.validate(); }) merge_.validate();
     DASGD_REQUIRE(optim_.state_count() <= pass_storage::max_state, config_error, "optimizer '",
@@ -173,15 +176,19 @@ class delayed_averager {
     detail::require_same_configuration(comm_, configuration().text());
 
     offsets_ = detail::arena_offsets(params_.extents(), arena_size_);
+    layout_.plane = arena_size_;
+    layout_.state_planes =
+        options_.optimizer_state == averaging::averaged ? optim_.state_count() : 0;
+    const std::size_t wire = layout_.total();
     if constexpr (fixed_wire) {
-      snapshot_w_ = backend_.template allocate<fixed_wire_type>(arena_size_);
-      average_w_ = backend_.template allocate<fixed_wire_type>(arena_size_);
+      snapshot_w_ = backend_.template allocate<fixed_wire_type>(wire);
+      average_w_ = backend_.template allocate<fixed_wire_type>(wire);
     } else if (options_.master_weights) {
-      snapshot_c_ = backend_.template allocate<Compute>(arena_size_);
-      average_c_ = backend_.template allocate<Compute>(arena_size_);
+      snapshot_c_ = backend_.template allocate<Compute>(wire);
+      average_c_ = backend_.template allocate<Compute>(wire);
     } else {
-      snapshot_ = backend_.template allocate<Storage>(arena_size_);
-      average_ = backend_.template allocate<Storage>(arena_size_);
+      snapshot_ = backend_.template allocate<Storage>(wire);
+      average_ = backend_.template allocate<Storage>(wire);
     }
     for (std::size_t s = 0; s < optim_.state_count(); ++s)
       state_.push_back(backend_.template allocate<Compute>(arena_size_));
@@ -383,7 +390,9 @@ class delayed_averager {
   }
 
   /// Collective: every rank's weights (and master weights) become rank
-  /// `root`'s, exactly; optimizer state stays local. Call it once after
+  /// `root`'s, exactly; optimizer state stays local unless it is averaged
+  /// (trainer_options::optimizer_state), and averaged registered buffers
+  /// follow the weights. Call it once after
   /// construction so that all workers start from the same model (as DDP
   /// does). Not while an average is in flight (state_error).
   void broadcast_parameters(int root = 0) {
@@ -400,8 +409,8 @@ class delayed_averager {
       guarded([&] {
         auto req = with_wire([&](auto& snap, auto& avg) {
           using W = std::remove_cvref_t<decltype(*snap.data())>;
-          return comm_.ibroadcast(std::span<const W>(snap.data(), arena_size_),
-                                  std::span<W>(avg.data(), arena_size_), root, sig);
+          return comm_.ibroadcast(std::span<const W>(snap.data(), layout_.total()),
+                                  std::span<W>(avg.data(), layout_.total()), root, sig);
         });
         req.wait();
         agreement_ = req.agreement();
@@ -458,7 +467,73 @@ class delayed_averager {
   Backend& backend() noexcept { return backend_; }
 
   /// The settings every rank must share, as "key=value; ..." fields.
-  detail::configuration configuration() const {
+  detail::configuration configuration() const { return configuration_of(buffers_); }
+
+  /// Collective (every rank at the same point, with the same shapes and
+  /// modes): registers tensors the trainer keeps with the model but does
+  /// not optimize, e.g. batch-norm running statistics (no gradient, no
+  /// optimizer state, no weight decay). averaging::averaged: written to the
+  /// snapshot in the launch step's pass, sent in the same collective after
+  /// the weights (and any optimizer state planes), and merged by the
+  /// weights' rule in the merge step's pass; synchronize() and
+  /// broadcast_parameters() include them. averaging::local: left as the
+  /// user's code leaves them. Both kinds are saved in checkpoints and are
+  /// part of the configuration the ranks compare. Call it right after
+  /// construction, before any step(), load(), broadcast_parameters() or
+  /// synchronize() (state_error otherwise: the size of the average is fixed
+  /// from then on); it may be called several times. Throws config_error,
+  /// registering nothing, for an empty list, a buffer sharing memory with
+  /// a parameter or another buffer, an averaged buffer with an outer
+  /// optimizer merge, or ranks registering differently (naming the
+  /// difference and the rank).
+  void register_buffers(params_type buffers, averaging mode) {
+    require_usable();
+    DASGD_REQUIRE(k_ == 0 && collectives_ == 0 && !loaded_ && !pending_, state_error,
+                  "register_buffers() after ", k_, " steps and ", collectives_, " collectives",
+                  loaded_ ? ", after load()" : "",
+                  "; register buffers right after constructing the trainer, before any step(), "
+                  "load(), broadcast_parameters() or synchronize()");
+    DASGD_REQUIRE(!buffers.empty(), config_error, "register_buffers: the buffer list is empty");
+    if constexpr (outer_merge)
+      DASGD_REQUIRE(mode != averaging::averaged, config_error,
+                    "register_buffers: averaged buffers cannot be merged by '", merge_.name(),
+                    "', whose outer step is defined for the weights only; use mix, additive or "
+                    "linear, or register them as averaging::local");
+    params_type everything = params_;
+    for (std::size_t i = 0; i < buffers_.all().size(); ++i)
+      everything.add(buffers_.all().data(i), buffers_.all().extent(i));
+    for (std::size_t i = 0; i < buffers.size(); ++i) everything.add(buffers.data(i), buffers.extent(i));
+    detail::require_disjoint(everything, "parameter and buffer (parameters first, then buffers in "
+                                         "registration order)");
+    auto next = buffers_.with(buffers, mode);
+    detail::require_same_configuration(comm_, configuration_of(next).text());
+    detail::snapshot_layout grown = layout_;
+    grown.buffer_elements = next.averaged_elements();
+    if (grown.total() != layout_.total()) {
+      // Nothing is in flight (checked above), so the arenas hold nothing
+      // to keep. Both are allocated before either is replaced.
+      with_wire([&](auto& snap, auto& avg) {
+        using W = std::remove_cvref_t<decltype(*snap.data())>;
+        auto s2 = backend_.template allocate<W>(grown.total());
+        auto a2 = backend_.template allocate<W>(grown.total());
+        snap = std::move(s2);
+        avg = std::move(a2);
+        return 0;
+      });
+    }
+    buffers_ = std::move(next);
+    layout_ = grown;
+  }
+
+  /// Every registered buffer, in registration order.
+  const params_type& buffers() const noexcept { return buffers_.all(); }
+  /// How the snapshot and the average arenas are laid out: the weights'
+  /// plane, the optimizer state planes, the averaged buffers.
+  const detail::snapshot_layout& average_layout() const noexcept { return layout_; }
+
+ private:
+  detail::configuration configuration_of(
+      const detail::registered_buffers<Storage, memory_space>& bufs) const {
     detail::configuration c;
     c.add("storage", detail::element_type_name(type_id<Storage>::value))
         .add("compute", detail::element_type_name(type_id<Compute>::value))
@@ -473,9 +548,13 @@ class delayed_averager {
         .add("per_tensor", describe_per_tensor())
         .add("first_round", detail::concat("tau=", plan_.tau, ", delay=", plan_.delay,
                                            ", synchronize=", plan_.synchronize ? 1 : 0,
-                                           ", scope=", plan_.scope));
+                                           ", scope=", plan_.scope))
+        .add("optimizer_state", to_string(options_.optimizer_state))
+        .add("buffers", bufs.describe());
     return c;
   }
+
+ public:
 
   /// Arenas (memory space of the backend): tensor i is at offsets()[i].
   /// Without master weights the snapshot and the average are kept in the
@@ -541,13 +620,15 @@ class delayed_averager {
 
     detail::checkpoint_payload_writer w(os, payload_bytes(pending_));
     for (std::size_t i = 0; i < params_.size(); ++i) save_array(w, params_.data(i), params_.extent(i));
+    const auto& bufs = buffers_.all();
+    for (std::size_t i = 0; i < bufs.size(); ++i) save_array(w, bufs.data(i), bufs.extent(i));
     for (auto& s : state_) save_array(w, s.data(), arena_size_);
     if (options_.master_weights) save_array(w, master_.data(), arena_size_);
     if constexpr (outer_merge) save_array(w, outer_.data(), arena_size_);
     if (pending_) {
       with_wire([&](auto& snap, auto& avg) {
-        save_array(w, snap.data(), arena_size_);
-        save_array(w, avg.data(), arena_size_);
+        save_array(w, snap.data(), layout_.total());
+        save_array(w, avg.data(), layout_.total());
         return 0;
       });
     }
@@ -592,7 +673,10 @@ class delayed_averager {
     st.coeffs.b = r.get<double>("merge b");
     st.coeffs.c = r.get<double>("merge c");
     st.collectives = r.get<std::uint64_t>("collective count");
-    const std::string config = r.get_string("configuration", 1u << 20);
+    // A checkpoint written before the optimizer_state and buffers fields
+    // existed was written with their defaults: compare it as such.
+    const std::string config = detail::configuration::with_defaults(
+        r.get_string("configuration", 1u << 20), {{"optimizer_state", "local"}, {"buffers", "none"}});
     r.expect_end();
     validate(st);
     const std::string mine = configuration().text({"learning_rate"});
@@ -602,6 +686,21 @@ class delayed_averager {
                   " but this trainer has ", b,
                   " (pass checkpoint_load_options{.allow_config_change = true} to accept it)");
     }
+    // What the payload holds must match even when the configuration may
+    // change: the registered buffers, and the state planes of an average
+    // in flight.
+    using cfg = detail::configuration;
+    const std::string saved_buffers = cfg::field(config, "buffers", "none");
+    DASGD_REQUIRE(saved_buffers == buffers_.describe(), checkpoint_error,
+                  "checkpoint holds registered buffers ", saved_buffers,
+                  " but this trainer has ", buffers_.describe(),
+                  "; register the same buffers (register_buffers) before load()");
+    const std::string saved_state = cfg::field(config, "optimizer_state", "local");
+    DASGD_REQUIRE(!st.pending || saved_state == to_string(options_.optimizer_state),
+                  checkpoint_error, "checkpoint has an average in flight with optimizer_state=",
+                  saved_state, " but this trainer has optimizer_state=",
+                  to_string(options_.optimizer_state),
+                  "; the in-flight average must be merged as it was launched");
     DASGD_REQUIRE(r.payload_bytes() == payload_bytes(st.pending), checkpoint_error,
                   "checkpoint payload has ", r.payload_bytes(), " bytes, this trainer expects ",
                   payload_bytes(st.pending));
@@ -654,6 +753,7 @@ class delayed_averager {
     collectives_ = st.collectives;
     agreement_ = {};
     finished_request_.reset();
+    loaded_ = true;
   }
 
   /// save() to `path` atomically: a temporary file next to it, flushed and
@@ -766,10 +866,11 @@ class delayed_averager {
 
   std::uint64_t payload_bytes(bool pending) const {
     std::uint64_t n = params_.total_elements() * sizeof(Storage);
+    n += buffers_.all().total_elements() * sizeof(Storage);
     n += state_.size() * arena_size_ * sizeof(Compute);
     if (options_.master_weights) n += arena_size_ * sizeof(Compute);
     if constexpr (outer_merge) n += arena_size_ * sizeof(Compute);
-    if (pending) n += 2 * arena_size_ * wire_element_bytes();
+    if (pending) n += 2 * layout_.total() * wire_element_bytes();
     return n;
   }
 
@@ -797,13 +898,16 @@ class delayed_averager {
       }
     };
     for (std::size_t i = 0; i < params_.size(); ++i) load_array(params_.data(i), params_.extent(i), "weights");
+    const auto& bufs = buffers_.all();
+    for (std::size_t i = 0; i < bufs.size(); ++i)
+      load_array(bufs.data(i), bufs.extent(i), "registered buffers");
     for (auto& s : state_) load_array(s.data(), arena_size_, "optimizer state");
     if (options_.master_weights) load_array(master_.data(), arena_size_, "master weights");
     if constexpr (outer_merge) load_array(outer_.data(), arena_size_, "outer optimizer state");
     if (pending) {
       with_wire([&](auto& snap, auto& avg) {
-        load_array(snap.data(), arena_size_, "snapshot");
-        load_array(avg.data(), arena_size_, "average");
+        load_array(snap.data(), layout_.total(), "snapshot");
+        load_array(avg.data(), layout_.total(), "average");
         return 0;
       });
     }
@@ -902,8 +1006,8 @@ class delayed_averager {
   request_type start_average(const collective_signature& sig) {
     return with_wire([&](auto& snap, auto& avg) {
       using W = std::remove_cvref_t<decltype(*snap.data())>;
-      return comm_.iallreduce_average(std::span<const W>(snap.data(), arena_size_),
-                                      std::span<W>(avg.data(), arena_size_), sig);
+      return comm_.iallreduce_average(std::span<const W>(snap.data(), layout_.total()),
+                                      std::span<W>(avg.data(), layout_.total()), sig);
     });
   }
 
@@ -1046,8 +1150,21 @@ class delayed_averager {
   /// One fused pass. `sends`: the pass writes a snapshot this rank sends,
   /// checked by the guard when it is on (the result, a tensor index or -1,
   /// goes to snapshot_status_).
+  /// A pass that writes a snapshot or merges has a variant that carries the
+  /// optimizer state too (averaging::averaged); outer merges never do.
+  static constexpr bool has_state_variant(kernels::stage S) {
+    return !has(S, kernels::stage::average_state) && !has(S, kernels::stage::outer_momentum) &&
+           (has(S, kernels::stage::write_snapshot) || has(S, kernels::stage::merge));
+  }
+
   template <kernels::stage S>
   void run_pass(const grads_type* grads, const merge_coefficients& mc, bool sends = false) {
+    if constexpr (has_state_variant(S)) {
+      if (layout_.state_planes > 0) {
+        run_pass<S | kernels::stage::average_state>(grads, mc, sends);
+        return;
+      }
+    }
     const bool check = sends && options_.nonfinite != nonfinite_guard::off;
     if constexpr (has(S, kernels::stage::write_snapshot)) {
       snapshot_status_ = -1;
@@ -1066,6 +1183,12 @@ class delayed_averager {
       for (std::size_t s = 0; s < state_.size(); ++s) a.state[s] = state_[s].data();
       a.snapshot = snap.data();
       a.average = avg.data();
+      if constexpr (has(S, kernels::stage::average_state)) {
+        for (std::size_t s = 0; s < layout_.state_planes; ++s) {
+          a.state_snapshot[s] = snap.data() + layout_.state_plane(s);
+          a.state_average[s] = avg.data() + layout_.state_plane(s);
+        }
+      }
       a.merge = {Compute(mc.a), Compute(mc.b), Compute(mc.c)};
       if constexpr (has(S, kernels::stage::outer_momentum) && outer_merge) {
         const auto o = merge_.outer();
@@ -1076,12 +1199,15 @@ class delayed_averager {
       }
       a.nonfinite = check ? nonfinite_flag_.data() : nullptr;
       a.per_tensor = options_.per_tensor.empty() ? nullptr : options_.per_tensor.data();
-      if constexpr (has(S, kernels::stage::local_step)) {
+      // A merge-only pass that carries the state needs the optimizer's
+      // element too: its state count and which states stay non-negative.
+      if constexpr (kernels::reads_state(S)) {
         optim_.template visit_element<Compute>(
             k_, [&](const auto& elem) { backend_.template run<S>(a, elem); });
       } else {
         backend_.template run<S>(a, kernels::no_step_element<Compute>{});
       }
+      run_buffer_pass<S>(snap.data(), avg.data(), mc);
       return 0;
     });
     if constexpr (has(S, kernels::stage::write_snapshot)) {
@@ -1092,6 +1218,53 @@ class delayed_averager {
           snapshot_status_ = static_cast<std::int64_t>(first);
       }
     }
+  }
+
+  /// The averaged registered buffers' share of pass S: their snapshot or
+  /// merge, in their region of the same arenas, right after the weights'
+  /// pass (no local step, no state). A pass of its own because buffers are
+  /// separate tensors; it moves only the buffers' own bytes.
+  template <kernels::stage S, class W>
+  void run_buffer_pass(W* snap, const W* avg, const merge_coefficients& mc) {
+    constexpr kernels::stage B =
+        kernels::without(S, kernels::stage::local_step | kernels::stage::average_state |
+                                kernels::stage::outer_momentum);
+    if constexpr (has(B, kernels::stage::write_snapshot) || has(B, kernels::stage::merge)) {
+      if (buffers_.averaged().empty()) return;
+      pass_args<Storage, Compute, memory_space, W> b;
+      b.weights = &buffers_.averaged();
+      b.offsets = buffers_.averaged_offsets().data();
+      b.snapshot = snap + layout_.buffer_offset();
+      b.average = avg + layout_.buffer_offset();
+      b.merge = {Compute(mc.a), Compute(mc.b), Compute(mc.c)};
+      backend_.template run<B>(b, kernels::no_step_element<Compute>{});
+    } else {
+      (void)snap;
+      (void)avg;
+      (void)mc;
+    }
+  }
+
+  /// Checks trainer_options::optimizer_state against the merge rule and
+  /// the type the average travels in.
+  void validate_state_averaging() const {
+    if (options_.optimizer_state != averaging::averaged) return;
+    if constexpr (outer_merge)
+      DASGD_THROW(config_error, "trainer_options::optimizer_state = averaged cannot be used with "
+                  "merge rule '", merge_.name(), "', whose outer step is defined for the weights' "
+                  "pseudo-gradient only; average the state with mix, additive or linear");
+#if defined(DASGD_HAS_CUDA_TYPES)
+    DASGD_REQUIRE(wire_type_id() != type_id<__half>::value, config_error,
+                  "trainer_options::optimizer_state = averaged with the average travelling in "
+                  "fp16 (", wire_name(options_.master_weights), "): fp16's range (6e-8 to "
+                  "65504) cannot hold optimizer state such as Adam's second moments; use a bf16 "
+                  "wire (comm::wire_format<__nv_bfloat16, ...>), master weights or fp32");
+#endif
+  }
+
+  std::uint32_t wire_type_id() const {
+    if constexpr (fixed_wire) return type_id<fixed_wire_type>::value;
+    return options_.master_weights ? type_id<Compute>::value : type_id<Storage>::value;
   }
 
   void check_health() {
@@ -1142,6 +1315,10 @@ class delayed_averager {
 
   std::vector<std::size_t> offsets_;
   std::size_t arena_size_ = 0;
+  /// The snapshot and average arenas: weights, state planes, buffers.
+  detail::snapshot_layout layout_;
+  detail::registered_buffers<Storage, memory_space> buffers_;
+  bool loaded_ = false;  ///< load() ran (register_buffers() comes before it)
   // Snapshot and average: in the storage type, or (master weights) the
   // compute type; only one pair is allocated.
   typename Backend::template buffer<Storage> snapshot_;

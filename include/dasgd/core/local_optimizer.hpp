@@ -2,7 +2,11 @@
 // (hyper-parameters) that hands the backends a per-step *element functor*:
 // a trivially copyable struct whose apply() updates one weight from its
 // gradient and its optimizer state, in compute precision, on host or device.
-// State stays local to each worker; it is never averaged.
+// State stays local to each worker unless trainer_options::optimizer_state
+// asks for it to travel and merge with the weights (core/averaging.hpp); an
+// element may then declare, with `static constexpr unsigned
+// nonnegative_states` (one bit per state), which states the merge must keep
+// >= 0 (AdamW's second moment).
 #pragma once
 
 #include <concepts>

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "averaging.hpp"
+
 namespace dasgd {
 
 /// What one step() did.
@@ -68,6 +70,12 @@ struct trainer_options {
   /// list order; empty: every tensor uses the optimizer's own. Part of the
   /// configuration that ranks compare and checkpoints record.
   std::vector<tensor_options> per_tensor{};
+  /// The optimizer state (SGD's momentum buffer, AdamW's two moments):
+  /// local to each worker (default), or averaged with the weights in the
+  /// same collective and merged by the same rule (core/averaging.hpp).
+  /// Part of the configuration; not with merge::outer_sgd, nor with an
+  /// fp16 wire (whose range cannot hold second moments: use bf16 or fp32).
+  averaging optimizer_state = averaging::local;
 };
 
 /// How load() treats a checkpoint written by a differently configured

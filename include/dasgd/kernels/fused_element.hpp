@@ -53,6 +53,33 @@ DASGD_HOST_DEVICE C outer_momentum_step(const merge_coeffs<C>& m, C w, C snap, C
   return w - m.lr_mu * term;
 }
 
+/// The optimizer states an element declares non-negative (a bit per state:
+/// AdamW's second moment), through an optional `nonnegative_states` member;
+/// none without it.
+template <optimizer_element E>
+constexpr unsigned nonnegative_states_of() {
+  if constexpr (requires { E::nonnegative_states; }) return static_cast<unsigned>(E::nonnegative_states);
+  return 0u;
+}
+
+/// State value `Index` merged as the weights are (stage::average_state):
+/// s = (a * s_local + c * s_snap) + b * s_avg, in the order fused_element
+/// uses for w. A state the element declares non-negative is clamped at 0
+/// afterwards: a convex rule (mix, replacement) never goes below 0, but the
+/// additive rule s_local + (s_avg - s_snap) can when this worker's second
+/// moment decayed below what it sent, and a negative second moment would
+/// make sqrt(v) NaN. NaN stays NaN (the comparison is false), so the guard
+/// still sees it.
+template <stage S, optimizer_element E, int Index, class C>
+DASGD_HOST_DEVICE C merge_state_value(const merge_coeffs<C>& m, C local, C avg, C snap) {
+  C r = m.a * local;
+  if constexpr (has(S, stage::merge_snapshot)) r = r + m.c * snap;
+  else (void)snap;
+  r = r + m.b * avg;
+  if constexpr ((nonnegative_states_of<E>() >> Index) & 1u) r = r < C(0) ? C(0) : r;
+  return r;
+}
+
 /// Element functor for passes without a local step (merge-only, snapshot-only).
 template <class C>
 struct no_step_element {

@@ -16,6 +16,14 @@ enum class stage : unsigned {
   /// outer state u; u = mu * u + (snap - avg), w -= lr * mu * (nesterov ?
   /// u_new : u_old). Goes with merge | merge_snapshot.
   outer_momentum = 1u << 4,
+  /// The optimizer state travels with the weights
+  /// (trainer_options::optimizer_state = averaging::averaged): with
+  /// write_snapshot the state values after the local step are also written
+  /// to the state planes of the snapshot; with merge the state is merged by
+  /// the same coefficients from the state planes of the average (and, with
+  /// merge_snapshot, of the snapshot). Reads the state even without a local
+  /// step. Never goes with outer_momentum (the trainer rejects the pair).
+  average_state = 1u << 5,
 };
 
 constexpr stage operator|(stage x, stage y) {
@@ -23,6 +31,17 @@ constexpr stage operator|(stage x, stage y) {
 }
 constexpr bool has(stage set, stage flag) {
   return (static_cast<unsigned>(set) & static_cast<unsigned>(flag)) != 0;
+}
+/// The set without the flags of `drop`.
+constexpr stage without(stage set, stage drop) {
+  return static_cast<stage>(static_cast<unsigned>(set) & ~static_cast<unsigned>(drop));
+}
+/// Whether a pass of stage set S reads / writes the optimizer state.
+constexpr bool reads_state(stage set) {
+  return has(set, stage::local_step) || has(set, stage::average_state);
+}
+constexpr bool writes_state(stage set) {
+  return has(set, stage::local_step) || (has(set, stage::average_state) && has(set, stage::merge));
 }
 
 /// Stage sets the trainer issues.

@@ -22,6 +22,9 @@ template <class C>
 struct adamw_element {
   using compute_type = C;
   static constexpr int state_count = 2;
+  /// The second moment v (state 1) is a running mean of g^2: it stays >= 0
+  /// when the optimizer state is averaged (kernels::merge_state_value).
+  static constexpr unsigned nonnegative_states = 1u << 1;
   C beta1;
   C beta2;
   C eps;

@@ -45,6 +45,7 @@ enum class pass_status {
   missing_snapshot,     ///< the stage writes or reads the snapshot, which is null
   missing_average,      ///< the stage merges, but the average arena is null
   missing_outer,        ///< the stage has an outer momentum, but args.outer is null
+  missing_state_plane,  ///< average_state: state plane `index` of the snapshot or average is null
   tensor_too_large,     ///< tensor `index` needs more blocks than one grid holds
 };
 
@@ -78,6 +79,9 @@ inline std::string describe(const pass_check& c) {
     case pass_status::missing_average: return "the stage merges but args.average is null";
     case pass_status::missing_outer:
       return "the stage applies an outer momentum but args.outer is null";
+    case pass_status::missing_state_plane:
+      return concat("the stage averages the optimizer state but state plane ", c.index,
+                    " of the snapshot or the average (args.state_snapshot / state_average) is null");
     case pass_status::tensor_too_large:
       return concat("tensor ", c.index, " has ", c.got, " elements, more than one launch covers (",
                     c.want, ")");
@@ -103,11 +107,19 @@ pass_check can_implement(const pass_args<Storage, C, device_space, W>& a) {
     for (std::size_t i = 0; i < w.size(); ++i)
       if (a.grads->extent(i) != w.extent(i))
         return {pass_status::gradient_extent, i, a.grads->extent(i), w.extent(i)};
+  }
+  if constexpr (reads_state(S))
     for (int s = 0; s < E::state_count; ++s)
       if (a.state[s] == nullptr)
         return {pass_status::missing_state, static_cast<std::size_t>(s), 0,
                 static_cast<std::size_t>(E::state_count)};
-  }
+  if constexpr (has(S, stage::average_state))
+    for (int s = 0; s < E::state_count; ++s) {
+      const bool snap_needed = has(S, stage::write_snapshot) || has(S, stage::merge_snapshot);
+      if ((snap_needed && a.state_snapshot[s] == nullptr) ||
+          (has(S, stage::merge) && a.state_average[s] == nullptr))
+        return {pass_status::missing_state_plane, static_cast<std::size_t>(s), 0, 0};
+    }
   if constexpr (has(S, stage::write_snapshot) || has(S, stage::merge_snapshot))
     if (a.snapshot == nullptr) return {pass_status::missing_snapshot};
   if constexpr (has(S, stage::merge))
@@ -141,6 +153,10 @@ int for_each_chunk_table(const pass_args<Storage, C, device_space, W>& a, const 
   p.state1 = a.state[1];
   p.snapshot = a.snapshot;
   p.average = a.average;
+  for (int s = 0; s < 2; ++s) {
+    p.state_snapshot[s] = a.state_snapshot[s];
+    p.state_average[s] = a.state_average[s];
+  }
   p.outer = a.outer;
   p.nonfinite = has(S, stage::write_snapshot) ? a.nonfinite : nullptr;
   p.per_tensor = step && a.per_tensor != nullptr;

@@ -59,6 +59,10 @@ struct fused_update_params {
   C* state1 = nullptr;
   W* snapshot = nullptr;
   const W* average = nullptr;
+  /// stage::average_state: optimizer state s's planes of the snapshot and
+  /// the average arenas (bases, arena layout).
+  W* state_snapshot[2] = {nullptr, nullptr};
+  const W* state_average[2] = {nullptr, nullptr};
   C* outer = nullptr;
   std::uint32_t* nonfinite = nullptr;
   int tensor_count = 0;
@@ -95,7 +99,13 @@ struct stream_use {
   static constexpr bool reads_w = !UseMaster;
   static constexpr bool touches_w = reads_w || writes_w;
   static constexpr bool reads_g = step;
-  static constexpr int states = step ? StateCount : 0;
+  static constexpr int states = reads_state(S) ? StateCount : 0;  ///< state streams read
+  static constexpr int states_out = writes_state(S) ? StateCount : 0;  ///< and written
+  static constexpr bool avg_state = has(S, stage::average_state);
+  /// State planes of the snapshot written / read, and of the average read.
+  static constexpr int state_snap_out = avg_state && has(S, stage::write_snapshot) ? StateCount : 0;
+  static constexpr int state_snap_in = avg_state && has(S, stage::merge_snapshot) ? StateCount : 0;
+  static constexpr int state_avg_in = avg_state && merge ? StateCount : 0;
   static constexpr bool reads_avg = merge;
   static constexpr bool reads_snap = has(S, stage::merge_snapshot);
   static constexpr bool writes_snap = has(S, stage::write_snapshot);
@@ -145,6 +155,10 @@ struct chunk_streams {
   W* DASGD_RESTRICT snap = nullptr;
   const W* DASGD_RESTRICT avg = nullptr;
   C* DASGD_RESTRICT outer = nullptr;
+  W* DASGD_RESTRICT ss0 = nullptr;  ///< state planes of the snapshot (average_state)
+  W* DASGD_RESTRICT ss1 = nullptr;
+  const W* DASGD_RESTRICT sa0 = nullptr;  ///< and of the average
+  const W* DASGD_RESTRICT sa1 = nullptr;
   bool check_finite = false;
 };
 
@@ -161,13 +175,23 @@ DASGD_HOST_DEVICE W snapshot_value(C wi, Storage ws) {
   }
 }
 
+/// The state planes of V elements in registers (stage::average_state):
+/// the snapshot's (read by a correcting merge) and the average's.
+template <class C, int V>
+struct state_plane_values {
+  C ss0[V] = {}, ss1[V] = {}, sa0[V] = {}, sa1[V] = {};
+};
+
 /// V elements already in registers: the element math and the rounding to
 /// storage. ws receives the storage value written to w and the snapshot.
+/// With stage::average_state and a merge, the state is merged too, from
+/// `planes` (the caller writes the state planes of a snapshot from s0, s1).
 template <stage S, class E, class Storage, class C, int V>
 DASGD_HOST_DEVICE void compute_fragment(const E& e, const merge_coeffs<C>& m, C (&w)[V],
                                                  const C (&g)[V], C (&s0)[V], C (&s1)[V],
                                                  const C (&avg)[V], const C (&snap)[V],
-                                                 C (&outer)[V], Storage (&ws)[V]) {
+                                                 C (&outer)[V], const state_plane_values<C, V>& planes,
+                                                 Storage (&ws)[V]) {
   constexpr int N = E::state_count;
 DASGD_UNROLL
   for (int k = 0; k < V; ++k) {
@@ -177,12 +201,33 @@ DASGD_UNROLL
     C wi = fused_element<S>(e, m, w[k], g[k], st, avg[k], snap[k]);
     if constexpr (has(S, stage::outer_momentum)) wi = outer_momentum_step(m, wi, snap[k], avg[k], outer[k]);
     else (void)outer;
+    if constexpr (has(S, stage::average_state) && has(S, stage::merge) && N > 0) {
+      st[0] = merge_state_value<S, E, 0>(m, st[0], planes.sa0[k], planes.ss0[k]);
+      if constexpr (N > 1) st[1] = merge_state_value<S, E, 1>(m, st[1], planes.sa1[k], planes.ss1[k]);
+    } else {
+      (void)planes;
+    }
     if constexpr (N > 0) s0[k] = st[0];
     if constexpr (N > 1) s1[k] = st[1];
     w[k] = wi;
     // Round once; the storage weights and the snapshot get the same value.
     ws[k] = to_storage<Storage>(wi);
   }
+}
+
+/// Stores V state values into a state plane of the snapshot, converted to
+/// the wire type W; returns 1 when check and a stored value is not finite.
+template <class C, class W, int V>
+DASGD_HOST_DEVICE unsigned store_state_plane(W* p, const C (&state)[V], bool check) {
+  W v[V];
+  unsigned bad = 0;
+DASGD_UNROLL
+  for (int k = 0; k < V; ++k) {
+    v[k] = to_storage<W>(state[k]);
+    bad |= static_cast<unsigned>(!is_finite(to_compute<C>(v[k])));
+  }
+  store_vector(p, v);
+  return check ? bad : 0u;
 }
 
 /// Vector path: elements [0, groups * V) of an aligned chunk, V elements
@@ -200,6 +245,7 @@ DASGD_HOST_DEVICE bool chunk_vector(const chunk_streams<Storage, C, W>& p, std::
   for (std::uint32_t base = thread; base < groups; base += threads * U) {
     C w[U][V] = {}, g[U][V] = {}, s0[U][V] = {}, s1[U][V] = {}, avg[U][V] = {}, snap[U][V] = {},
       outer[U][V] = {};
+    state_plane_values<C, V> planes[U];
     Storage ws[U][V];
     bool in[U];
 DASGD_UNROLL
@@ -217,16 +263,22 @@ DASGD_UNROLL
       if constexpr (use::reads_avg) load_vector(p.avg + j, avg[u]);
       if constexpr (use::reads_snap) load_vector(p.snap + j, snap[u]);
       if constexpr (use::outer) load_vector(p.outer + j, outer[u]);
+      if constexpr (use::state_snap_in > 0) load_vector(p.ss0 + j, planes[u].ss0);
+      if constexpr (use::state_snap_in > 1) load_vector(p.ss1 + j, planes[u].ss1);
+      if constexpr (use::state_avg_in > 0) load_vector(p.sa0 + j, planes[u].sa0);
+      if constexpr (use::state_avg_in > 1) load_vector(p.sa1 + j, planes[u].sa1);
     }
 DASGD_UNROLL
     for (int u = 0; u < U; ++u) {
       if (!in[u]) continue;
       compute_fragment<S, E, Storage>(e, m, w[u], g[u], s0[u], s1[u], avg[u], snap[u], outer[u],
-                                      ws[u]);
+                                      planes[u], ws[u]);
       const std::size_t j = static_cast<std::size_t>(base + static_cast<std::uint64_t>(u) * threads) * V;
       if constexpr (use::outer) store_vector(p.outer + j, outer[u]);
-      if constexpr (use::states > 0) store_vector(p.s0 + j, s0[u]);
-      if constexpr (use::states > 1) store_vector(p.s1 + j, s1[u]);
+      if constexpr (use::states_out > 0) store_vector(p.s0 + j, s0[u]);
+      if constexpr (use::states_out > 1) store_vector(p.s1 + j, s1[u]);
+      if constexpr (use::state_snap_out > 0) nonfinite |= store_state_plane<C>(p.ss0 + j, s0[u], p.check_finite);
+      if constexpr (use::state_snap_out > 1) nonfinite |= store_state_plane<C>(p.ss1 + j, s1[u], p.check_finite);
       if constexpr (UseMaster && use::writes_w) store_vector(p.master + j, w[u]);
       if constexpr (use::writes_w) store_vector(p.w + j, ws[u]);
       if constexpr (use::writes_snap) {
@@ -255,6 +307,7 @@ DASGD_HOST_DEVICE bool chunk_scalar(const chunk_streams<Storage, C, W>& p, std::
   for (std::uint32_t base = begin + thread; base < end; base += stride * Unroll) {
     C w[Unroll] = {}, g[Unroll] = {}, s0[Unroll] = {}, s1[Unroll] = {}, avg[Unroll] = {},
       snap[Unroll] = {}, outer[Unroll] = {};
+    state_plane_values<C, Unroll> planes;
     Storage ws[Unroll];
     bool in[Unroll];
 DASGD_UNROLL
@@ -272,15 +325,29 @@ DASGD_UNROLL
       if constexpr (use::reads_avg) avg[k] = to_compute<C>(p.avg[j]);
       if constexpr (use::reads_snap) snap[k] = to_compute<C>(p.snap[j]);
       if constexpr (use::outer) outer[k] = p.outer[j];
+      if constexpr (use::state_snap_in > 0) planes.ss0[k] = to_compute<C>(p.ss0[j]);
+      if constexpr (use::state_snap_in > 1) planes.ss1[k] = to_compute<C>(p.ss1[j]);
+      if constexpr (use::state_avg_in > 0) planes.sa0[k] = to_compute<C>(p.sa0[j]);
+      if constexpr (use::state_avg_in > 1) planes.sa1[k] = to_compute<C>(p.sa1[j]);
     }
-    compute_fragment<S, E, Storage>(e, m, w, g, s0, s1, avg, snap, outer, ws);
+    compute_fragment<S, E, Storage>(e, m, w, g, s0, s1, avg, snap, outer, planes, ws);
 DASGD_UNROLL
     for (int k = 0; k < Unroll; ++k) {
       if (!in[k]) continue;
       const std::uint64_t j = base + static_cast<std::uint64_t>(k) * stride;
       if constexpr (use::outer) p.outer[j] = outer[k];
-      if constexpr (use::states > 0) p.s0[j] = s0[k];
-      if constexpr (use::states > 1) p.s1[j] = s1[k];
+      if constexpr (use::states_out > 0) p.s0[j] = s0[k];
+      if constexpr (use::states_out > 1) p.s1[j] = s1[k];
+      if constexpr (use::state_snap_out > 0) {
+        const W v = to_storage<W>(s0[k]);
+        p.ss0[j] = v;
+        if (p.check_finite) nonfinite |= static_cast<unsigned>(!is_finite(to_compute<C>(v)));
+      }
+      if constexpr (use::state_snap_out > 1) {
+        const W v = to_storage<W>(s1[k]);
+        p.ss1[j] = v;
+        if (p.check_finite) nonfinite |= static_cast<unsigned>(!is_finite(to_compute<C>(v)));
+      }
       if constexpr (UseMaster && use::writes_w) p.master[j] = w[k];
       if constexpr (use::writes_w) p.w[j] = ws[k];
       if constexpr (use::writes_snap) {
@@ -374,6 +441,23 @@ DASGD_HOST_DEVICE bool update_block(const fused_update_params<Storage, C, E, Max
   if constexpr (use::outer) {
     s.outer = p.outer + off;
     aligned = aligned && aligned_to<compute_align>(s.outer);
+  }
+  // State planes: slices of the (aligned) snapshot and average arenas.
+  if constexpr (use::state_snap_out > 0 || use::state_snap_in > 0) {
+    s.ss0 = p.state_snapshot[0] + off;
+    aligned = aligned && aligned_to<wire_align>(s.ss0);
+  }
+  if constexpr (use::state_snap_out > 1 || use::state_snap_in > 1) {
+    s.ss1 = p.state_snapshot[1] + off;
+    aligned = aligned && aligned_to<wire_align>(s.ss1);
+  }
+  if constexpr (use::state_avg_in > 0) {
+    s.sa0 = p.state_average[0] + off;
+    aligned = aligned && aligned_to<wire_align>(s.sa0);
+  }
+  if constexpr (use::state_avg_in > 1) {
+    s.sa1 = p.state_average[1] + off;
+    aligned = aligned && aligned_to<wire_align>(s.sa1);
   }
 
   if (aligned) {

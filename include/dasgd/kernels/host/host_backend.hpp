@@ -86,14 +86,19 @@ class host_backend {
       W* snap = args.snapshot ? args.snapshot + off : nullptr;
       const W* avg = args.average ? args.average + off : nullptr;
       C* outer = args.outer ? args.outer + off : nullptr;
+      kernels::host::state_planes<W> planes;
+      for (int s = 0; s < 2; ++s) {
+        planes.snap[s] = args.state_snapshot[s] ? args.state_snapshot[s] + off : nullptr;
+        planes.avg[s] = args.state_average[s] ? args.state_average[s] + off : nullptr;
+      }
       const auto loop = [&](const E& e) {
         return args.master
-                   ? kernels::host::fused_loop<S, true, CheckFinite>(w.extent(i), w.data(i),
-                                                                    args.master + off, g, s0, s1,
-                                                                    snap, avg, args.merge, e, outer)
+                   ? kernels::host::fused_loop<S, true, CheckFinite>(
+                         w.extent(i), w.data(i), args.master + off, g, s0, s1, snap, avg,
+                         args.merge, e, outer, planes)
                    : kernels::host::fused_loop<S, false, CheckFinite>(
                          w.extent(i), w.data(i), static_cast<C*>(nullptr), g, s0, s1, snap, avg,
-                         args.merge, e, outer);
+                         args.merge, e, outer, planes);
       };
       bool finite = true;
       if constexpr (per_tensor_element<E> && has(S, kernels::stage::local_step)) {
