@@ -13,8 +13,10 @@
 #include <exception>
 #include <optional>
 
+#include <dasgd/comm/hierarchical_inproc.hpp>
 #include <dasgd/dasgd.hpp>
 #if DASGD_HAS_MPI
+#include <dasgd/comm/hierarchical_mpi.hpp>
 #include <dasgd/comm/mpi.hpp>
 #endif
 
@@ -41,10 +43,16 @@ void print_setup(const training_options& o, const dataset_view& data, const char
     std::printf(" tau=%d delay=%d merge=%s", o.tau, o.delay, name_of(o.merge));
     if (o.merge == merge_kind::mix) std::printf(" p=%g", o.mix_p);
   }
+  if (o.groups > 0) std::printf(" | %d groups", o.groups);
+  if (o.node_groups) std::printf(" | groups by node");
+  if (o.hierarchical())
+    std::printf(", across groups every %d rounds, delay %d (%s)", o.outer_every, o.outer_delay,
+                o.outer_world ? "world allreduce" : "chained");
   std::printf(" | %s lr=%g (%s)", name_of(o.optimizer), o.effective_lr(), name_of(o.schedule));
   if (o.optimizer == optimizer_kind::sgd)
     std::printf(" momentum=%g%s", o.momentum, o.nesterov ? " nesterov" : "");
   if (o.weight_decay > 0) std::printf(" wd=%g", o.weight_decay);
+  if (o.average_state) std::printf(" state=averaged");
   std::printf(" | batch %d/worker, %d epochs of %lld steps | %lld train, %lld test images\n",
               o.batch, o.epochs, static_cast<long long>(steps_per_epoch(o, data.train_count, o.workers)),
               static_cast<long long>(data.train_count), static_cast<long long>(data.test_count));
@@ -64,6 +72,10 @@ int finish(const training_options& o, const run_summary& s) {
   return 0;
 }
 
+dasgd::comm::hierarchical_options outer_of(const training_options& o) {
+  return {o.outer_world ? dasgd::comm::outer_average::world : dasgd::comm::outer_average::chained};
+}
+
 int run_threads(int argc, char** argv) {
   const auto parsed = parse_training_options(argc, argv, /*ranks=*/0, /*print=*/true);
   if (!parsed.options) return parsed.exit_code;
@@ -76,13 +88,20 @@ int run_threads(int argc, char** argv) {
                             wants_progress_bar(o.progress, isatty(STDOUT_FILENO) != 0, false));
   csv_log csv = o.csv_path.empty() ? csv_log{} : csv_log{o.csv_path};
   run_summary summary;
-  dasgd::comm::inproc_group group(o.workers);
-  dasgd::comm::run_workers(group, [&](dasgd::comm::inproc_communicator comm) {
+  const auto worker = [&](auto comm) {
     const bool reporter = comm.rank() == 0;
     const auto s = train_worker(std::move(comm), o, view,
                                 reporter ? report_sinks{&progress, &csv} : report_sinks{});
     if (reporter) summary = s;
-  });
+  };
+  if (o.groups > 0) {  // --groups G: G groups of consecutive worker threads
+    auto hierarchy = dasgd::comm::inproc_hierarchy::blocks(o.workers, o.groups, {},
+                                                           outer_of(o));
+    dasgd::comm::run_workers(hierarchy, worker);
+  } else {
+    dasgd::comm::inproc_group group(o.workers);
+    dasgd::comm::run_workers(group, worker);
+  }
   return finish(o, summary);
 }
 
@@ -103,8 +122,20 @@ int run_mpi_rank(dasgd::comm::mpi_communicator comm, int argc, char** argv) {
                      wants_progress_bar(o.progress, isatty(STDOUT_FILENO) != 0, true));
     if (!o.csv_path.empty()) csv = csv_log{o.csv_path};
   }
-  const auto summary = train_worker(std::move(comm), o, view,
-                                    reporter ? report_sinks{&*progress, &csv} : report_sinks{});
+  const report_sinks sinks = reporter ? report_sinks{&*progress, &csv} : report_sinks{};
+  run_summary summary;
+  if (o.hierarchical()) {  // collective over the world, like comm itself
+    const int size = comm.size();
+    const dasgd::comm::mpi_options mo = comm.options();
+    summary = train_worker(
+        o.node_groups
+            ? dasgd::comm::mpi_hierarchy_by_node(MPI_COMM_WORLD, mo, outer_of(o))
+            : dasgd::comm::mpi_hierarchy_by_colour(comm.rank() / (size / o.groups),
+                                                   MPI_COMM_WORLD, mo, outer_of(o)),
+        o, view, sinks);
+  } else {
+    summary = train_worker(std::move(comm), o, view, sinks);
+  }
   return reporter ? finish(o, summary) : 0;
 }
 

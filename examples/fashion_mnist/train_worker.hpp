@@ -24,6 +24,7 @@
 
 #include <dasgd/adaptors/eigen.hpp>
 #include <dasgd/dasgd.hpp>
+#include <dasgd/policy/hierarchical.hpp>
 
 #include "idx_dataset.hpp"
 #include "mlp.hpp"
@@ -82,12 +83,20 @@ inline double scheduled_lr(const training_options& o, std::int64_t step, std::in
 inline dasgd::trainer_options trainer_options_of(const training_options& o) {
   dasgd::trainer_options t;
   t.nonfinite = o.nonfinite;
+  if (o.average_state) t.optimizer_state = dasgd::averaging::averaged;
   if (o.no_bias_decay) {
     // W1, b1, W2, b2, W3, b3
     t.per_tensor = {{}, {.weight_decay = false}, {}, {.weight_decay = false},
                     {}, {.weight_decay = false}};
   }
   return t;
+}
+
+/// Flat DaSGD is the hierarchical schedule with every round across groups
+/// (outer_every = 1): one policy type for both, one instantiation fewer.
+inline dasgd::policy::hierarchical policy_of(const training_options& o) {
+  if (!o.hierarchical()) return {.tau = o.tau, .delay = o.delay, .outer_every = 1, .outer_delay = o.delay};
+  return {.tau = o.tau, .delay = o.delay, .outer_every = o.outer_every, .outer_delay = o.outer_delay};
 }
 
 template <class Comm, class Optim, class Merge>
@@ -106,7 +115,7 @@ run_summary train(Comm comm, Optim optim, Merge merge, const training_options& o
   // dasgd sees the Eigen objects themselves through the Eigen adaptor.
   dasgd::delayed_averager trainer(
       dasgd::make_tensor_list(params.W1, params.b1, params.W2, params.b2, params.W3, params.b3),
-      std::move(comm), dasgd::policy::fixed_delay{.tau = o.tau, .delay = o.delay}, optim, merge,
+      std::move(comm), policy_of(o), optim, merge,
       trainer_options_of(o));
   const dasgd::tensor_list<const float> gradient_list(grads.W1, grads.b1, grads.W2, grads.b2,
                                                       grads.W3, grads.b3);
@@ -179,7 +188,9 @@ run_summary train_worker(Comm comm, const training_options& o, const dataset_vie
   // instantiation of the trainer, and compile time adds up.
   auto with_wire = [&](auto optim, auto merge) {
 #if defined(DASGD_HAS_CUDA_TYPES)
-    if constexpr (!std::is_same_v<Comm, dasgd::comm::inproc_communicator>) {
+    // (Flat MPI only: hierarchical communicators train in fp32.)
+    if constexpr (!std::is_same_v<Comm, dasgd::comm::inproc_communicator> &&
+                  !requires { typename Comm::sub_communicator; }) {
       if (o.wire == wire_kind::bf16)
         return detail::train(dasgd::comm::wire_format<__nv_bfloat16, Comm>(std::move(comm)),
                              optim, merge, o, data, sinks);

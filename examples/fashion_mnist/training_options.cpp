@@ -125,6 +125,25 @@ parse_result parse_training_options(int argc, char** argv, int ranks, bool print
   add_choice(app, "--wire", o.wire,
              {{"fp32", wire_kind::fp32}, {"bf16", wire_kind::bf16}},
              "what the averages travel in (bf16: half the bytes, summed in fp32; under mpiexec)");
+  auto* groups = app.add_option("--groups", o.groups,
+                                 "hierarchical averaging: G groups of consecutive workers, "
+                                 "averaged every round; across groups every --outer-every rounds")
+                     ->check(CLI::PositiveNumber);
+  auto* node_groups = app.add_flag("--node-groups", o.node_groups,
+                                   "hierarchical averaging, one group per shared-memory node "
+                                   "(under mpiexec)");
+  auto* outer_every = app.add_option("--outer-every", o.outer_every,
+                                     "with groups: every N-th round averages across groups")
+                          ->check(CLI::PositiveNumber)
+                          ->capture_default_str();
+  auto* outer_delay = app.add_option("--outer-delay", o.outer_delay,
+                                     "with groups: delay of the rounds across groups (dasgd)")
+                          ->check(CLI::NonNegativeNumber)
+                          ->capture_default_str();
+  auto* outer_average = add_choice(app, "--outer-average", o.outer_world,
+                                   {{"chained", false}, {"world", true}},
+                                   "with groups: chained: group average, leaders over the slow "
+                                   "link, group broadcast; world: one allreduce over every rank");
   auto* mix_p = app.add_option("-p,--p", o.mix_p,
                                "share of the local weights kept by the mix merge")
                     ->check(CLI::Range(0.0, 1.0))
@@ -157,6 +176,10 @@ parse_result parse_training_options(int argc, char** argv, int ranks, bool print
       ->capture_default_str();
   app.add_flag("--no-bias-decay", o.no_bias_decay,
                "parameter groups: no weight decay on the biases");
+  auto* average_state =
+      app.add_flag("--average-state", o.average_state,
+                   "average the optimizer state (sgd momentum, adamw moments) with the weights, "
+                   "in the same collective, merged by the same rule");
   add_choice(app, "--nonfinite", o.nonfinite,
              {{"throw", dasgd::nonfinite_guard::throw_error},
               {"skip", dasgd::nonfinite_guard::skip_merge},
@@ -210,8 +233,30 @@ parse_result parse_training_options(int argc, char** argv, int ranks, bool print
       o.mix_p = 0.0;
     } else if (o.algo == algorithm::local) {
       reject(delay, "with --algorithm local (delay = 0)");
+      reject(outer_delay, "with --algorithm local (delay = 0)");
       o.delay = 0;
+      o.outer_delay = 0;
     }
+    if (o.algo == algorithm::sync) {
+      reject(groups, "with --algorithm sync");
+      reject(node_groups, "with --algorithm sync");
+    }
+    if (groups->count() > 0 && node_groups->count() > 0)
+      throw CLI::ValidationError(groups->get_name(), "and --node-groups exclude each other");
+    if (!o.hierarchical()) {
+      const char* why = "without --groups or --node-groups";
+      reject(outer_every, why);
+      reject(outer_delay, why);
+      reject(outer_average, why);
+    }
+    if (o.hierarchical() && o.wire != wire_kind::fp32)
+      throw CLI::ValidationError("--wire", "must be fp32 with --groups or --node-groups");
+    if (o.node_groups && ranks == 0)
+      throw CLI::ValidationError(node_groups->get_name(), "needs mpiexec (MPI ranks)");
+    if (o.hierarchical() && o.outer_delay >= o.tau)
+      throw CLI::ValidationError(outer_delay->get_name(),
+                                 "is " + std::to_string(o.outer_delay) +
+                                     ", it must be smaller than --tau " + std::to_string(o.tau));
     if (o.delay >= o.tau)  // at most one average may be in flight
       throw CLI::ValidationError(delay->get_name(), "is " + std::to_string(o.delay) +
                                                         ", it must be smaller than --tau " +
@@ -221,6 +266,10 @@ parse_result parse_training_options(int argc, char** argv, int ranks, bool print
       reject(outer_lr, "without --merge outer");
       reject(outer_momentum, "without --merge outer");
     }
+    if (o.merge == merge_kind::outer)
+      reject(average_state, "with --merge outer (its outer step is for the weights only)");
+    if (o.optimizer == optimizer_kind::sgd && o.momentum == 0.0)
+      reject(average_state, "with --momentum 0 (sgd keeps no state)");
     if (o.optimizer == optimizer_kind::adamw) {
       reject(momentum, "with --optimizer adamw");
       reject(nesterov, "with --optimizer adamw");
@@ -232,6 +281,11 @@ parse_result parse_training_options(int argc, char** argv, int ranks, bool print
                                        std::to_string(ranks) + " ranks (one worker per rank)");
       o.workers = ranks;
     }
+    if (o.groups > 0 && o.workers % o.groups != 0)
+      throw CLI::ValidationError(groups->get_name(),
+                                 "is " + std::to_string(o.groups) + " but " +
+                                     std::to_string(o.workers) +
+                                     " workers cannot form groups of equal size");
   } catch (const CLI::ParseError& e) {
     // CLI11 prints --help to stdout and errors to stderr; only one rank talks.
     if (print) return {std::nullopt, app.exit(e)};

@@ -48,6 +48,16 @@ struct training_options {
   double outer_lr = 0.7;        ///< merge outer: DiLoCo's outer learning rate
   double outer_momentum = 0.9;  ///< merge outer: its Nesterov momentum
   wire_kind wire = wire_kind::fp32;
+  /// Hierarchical averaging (--groups / --node-groups): 0 = flat. G >= 1:
+  /// G groups of consecutive ranks; a round averages within the group
+  /// (merged `delay` steps later), every outer_every-th round across all
+  /// groups (merged outer_delay steps later).
+  int groups = 0;
+  bool node_groups = false;  ///< MPI: one group per shared-memory node
+  int outer_every = 4;
+  int outer_delay = 1;
+  bool outer_world = false;  ///< across groups: one world allreduce, not the chained one
+  bool hierarchical() const { return groups > 0 || node_groups; }
 
   optimizer_kind optimizer = optimizer_kind::sgd;
   double lr = 0.0;  ///< 0: the optimizer's default below
@@ -56,6 +66,9 @@ struct training_options {
   double weight_decay = 0.0;
   lr_schedule schedule = lr_schedule::cosine;
   bool no_bias_decay = false;  ///< parameter groups: no weight decay on b1, b2, b3
+  /// The optimizer state (momentum / Adam moments) travels and merges with
+  /// the weights (trainer_options::optimizer_state = averaged).
+  bool average_state = false;
   /// A NaN or infinity in a snapshot: stop with an error naming the rank
   /// (default), skip that merge, or do not check.
   dasgd::nonfinite_guard nonfinite = dasgd::nonfinite_guard::throw_error;

@@ -130,6 +130,16 @@ TEST_CASE("the outer merge, wire, parameter-group and large-batch flags reach th
   CHECK(parse({"--nonfinite", "skip"}).options->nonfinite == dasgd::nonfinite_guard::skip_merge);
 }
 
+TEST_CASE("--average-state averages the optimizer state with the weights") {
+  const auto r = parse({"--average-state"});
+  REQUIRE(r.options);
+  CHECK(r.options->average_state);
+  CHECK_FALSE(parse({}).options->average_state);
+  CHECK(parse({"--average-state", "--optimizer", "adamw"}).options);
+  CHECK_FALSE(parse({"--average-state", "--merge", "outer"}).options);  // refused, with a reason
+  CHECK_FALSE(parse({"--average-state", "--momentum", "0"}).options);   // nothing to average
+}
+
 TEST_CASE("learning-rate scaling with the worker count") {
   fm::training_options o;
   o.lr = 0.1;
@@ -139,4 +149,36 @@ TEST_CASE("learning-rate scaling with the worker count") {
   CHECK(o.effective_lr() == doctest::Approx(0.4));  // 16 / 4
   o.scaling = fm::lr_scaling::sqrt;
   CHECK(o.effective_lr() == doctest::Approx(0.2));
+}
+
+TEST_CASE("hierarchical averaging flags: groups, the level schedule and what they exclude") {
+  const auto r = parse({"--groups", "2", "--tau", "4", "-d", "0", "--outer-every", "3",
+                        "--outer-delay", "2", "--outer-average", "world"});
+  REQUIRE(r.options);
+  const auto& o = *r.options;
+  CHECK(o.hierarchical());
+  CHECK(o.groups == 2);
+  CHECK(o.delay == 0);
+  CHECK(o.outer_every == 3);
+  CHECK(o.outer_delay == 2);
+  CHECK(o.outer_world);
+  const auto d = parse({"--groups", "4"});
+  REQUIRE(d.options);
+  CHECK(d.options->outer_every == 4);  // the defaults
+  CHECK(d.options->outer_delay == 1);
+  CHECK_FALSE(d.options->outer_world);
+  CHECK_FALSE(parse({}).options->hierarchical());
+  CHECK(parse({"--node-groups"}, 4).options->node_groups);
+  CHECK_FALSE(parse({"--node-groups"}).options);                  // needs MPI ranks
+  CHECK_FALSE(parse({"--groups", "2", "--node-groups"}, 4).options);
+  CHECK_FALSE(parse({"--groups", "3"}).options);                  // 4 workers: unequal groups
+  CHECK_FALSE(parse({"--groups", "2", "--outer-delay", "4"}).options);  // >= tau
+  CHECK_FALSE(parse({"--outer-every", "2"}).options);             // needs groups
+  CHECK_FALSE(parse({"--outer-delay", "0"}).options);
+  CHECK_FALSE(parse({"--outer-average", "world"}).options);
+  CHECK_FALSE(parse({"-a", "sync", "--groups", "2"}).options);
+  CHECK_FALSE(parse({"-a", "local", "--groups", "2", "--outer-delay", "1"}).options);
+  CHECK(parse({"-a", "local", "--groups", "2"}).options->outer_delay == 0);
+  CHECK_FALSE(parse({"--groups", "2", "--wire", "bf16"}).options);
+  CHECK_FALSE(parse({"--groups", "2", "--outer-average", "ring"}).options);
 }

@@ -162,6 +162,16 @@ TEST_CASE("the outer merge and parameter groups train too; warm-up starts at 10%
   CHECK(fm::detail::scheduled_lr(o, 30, 100, 25) == doctest::Approx(peak));
 }
 
+TEST_CASE("--average-state: the momentum travels with the weights and the run changes") {
+  auto o = small_run(fm::algorithm::dasgd);
+  const auto local = run(o);
+  o.average_state = true;
+  CHECK(fm::detail::trainer_options_of(o).optimizer_state == dasgd::averaging::averaged);
+  const auto averaged = run(o);
+  CHECK(averaged.test_accuracy > 0.9);
+  CHECK(averaged.test_loss != local.test_loss);  // the averaged momentum changed the run
+}
+
 TEST_CASE("a diverging run stops with the non-finite guard's error instead of training on NaN") {
   auto o = small_run(fm::algorithm::dasgd);
   o.lr = 1e4;  // diverges within a few steps

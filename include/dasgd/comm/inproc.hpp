@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <concepts>
 #include <condition_variable>
 #include <cstring>
 #include <cstdint>
@@ -111,8 +112,11 @@ void reduce_average(inproc_op& op) {
 
 class inproc_state {
  public:
-  inproc_state(int n, inproc_options o)
-      : n_(n), options_(o), next_seq_(static_cast<std::size_t>(n), 0) {
+  /// `scoped`: collectives may carry a nonzero scope (a group communicator
+  /// of comm/hierarchical_inproc.hpp); it is compared like the rest of the
+  /// signature.
+  inproc_state(int n, inproc_options o, bool scoped = false)
+      : n_(n), options_(o), scoped_(scoped), next_seq_(static_cast<std::size_t>(n), 0) {
     worker_ = std::thread([this] { progress_loop(); });
   }
   ~inproc_state() {
@@ -128,6 +132,7 @@ class inproc_state {
 
   int size() const { return n_; }
   const inproc_options& options() const { return options_; }
+  bool scoped() const { return scoped_; }
 
   std::shared_ptr<inproc_op> post(int rank, inproc_op::kind what, inproc_part part,
                                   void (*reduce)(inproc_op&)) {
@@ -289,6 +294,7 @@ class inproc_state {
 
   const int n_;
   const inproc_options options_;
+  const bool scoped_;
   std::mutex m_;
   std::condition_variable done_cv_;
   std::condition_variable work_cv_;
@@ -369,7 +375,7 @@ class inproc_communicator {
                       int root, const collective_signature& sig,
                       void (*reduce)(detail::inproc_op&)) {
     using V = std::remove_cv_t<T>;
-    ::dasgd::detail::require_flat_scope(sig, "the in-process communicator");
+    if (!state_->scoped()) ::dasgd::detail::require_flat_scope(sig, "the in-process communicator");
     detail::inproc_part part;
     part.send = send.data();
     part.recv = recv.data();
@@ -412,9 +418,17 @@ class inproc_group {
 /// Runs fn(communicator) on one thread per rank and joins them. If a worker
 /// throws, the group is aborted so that the others fail fast instead of
 /// waiting for a peer that will never come, and the first exception (by
-/// rank) is rethrown here.
-template <class F>
-void run_workers(inproc_group& group, F&& fn) {
+/// rank) is rethrown here. `group` is an inproc_group or anything with the
+/// same size() / communicator(rank) / abort(reason) (inproc_hierarchy);
+/// communicator(rank) is called on the rank's own thread, so it may be
+/// collective.
+template <class Group, class F>
+  requires requires(Group& g, int r, const std::string& why) {
+    { g.size() } -> std::convertible_to<int>;
+    g.communicator(r);
+    g.abort(why);
+  }
+void run_workers(Group& group, F&& fn) {
   const int n = group.size();
   std::vector<std::exception_ptr> errors(static_cast<std::size_t>(n));
   std::vector<std::thread> threads;

@@ -66,6 +66,11 @@ struct mpi_options {
   /// Longest a wait() or allgather() blocks before timeout_error; also how
   /// long destruction waits for collectives still in flight.
   std::chrono::milliseconds timeout{std::chrono::seconds(120)};
+  /// Collectives may carry a nonzero scope, compared across ranks like the
+  /// rest of the signature. comm/hierarchical_mpi.hpp sets it on the group
+  /// communicators it builds; a communicator used alone keeps it false and
+  /// rejects scopes it cannot honour.
+  bool scoped = false;
 };
 
 /// RAII MPI_Init_thread(MPI_THREAD_MULTIPLE) / MPI_Finalize. Does nothing
@@ -278,7 +283,7 @@ class mpi_communicator {
     using V = std::remove_cv_t<T>;
     constexpr bool wide = std::is_same_v<V, float> || std::is_same_v<V, double>;
     require_valid();
-    ::dasgd::detail::require_flat_scope(sig, "mpi_communicator");
+    if (!options_.scoped) ::dasgd::detail::require_flat_scope(sig, "mpi_communicator");
     DASGD_REQUIRE(send.size() == recv.size(), size_mismatch_error,
                   what == detail::mpi_op::kind::average ? "iallreduce_average" : "ibroadcast",
                   ": send has ", send.size(), " elements but recv has ", recv.size());
