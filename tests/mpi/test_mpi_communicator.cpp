@@ -86,6 +86,24 @@ TEST_CASE("the average equals the mean of every rank's buffer") {
   }
 }
 
+TEST_CASE("progress() alone completes a test-mode average; it is a no-op with the progress thread") {
+  mpi_communicator comm(MPI_COMM_WORLD, test_options(mpi_progress::test));
+  std::vector<float> send(4096, static_cast<float>(world_rank())), recv(4096, -1.0f);
+  auto req = comm.iallreduce_average(std::span<const float>(send), std::span<float>(recv));
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  bool advanced = false;
+  while (comm.collectives_in_flight() != 0 && std::chrono::steady_clock::now() < deadline) {
+    advanced = comm.progress() || advanced;
+    std::this_thread::sleep_for(50us);
+  }
+  CHECK(advanced);
+  CHECK(comm.collectives_in_flight() == 0);
+  CHECK(req.test());
+  CHECK(recv[4095] == static_cast<float>(world_size() - 1) / 2.0f);
+  mpi_communicator threaded(MPI_COMM_WORLD, test_options(mpi_progress::thread));
+  CHECK_FALSE(threaded.progress());
+}
+
 TEST_CASE("send may alias recv") {
   for (auto mode : all_progress_modes) {
     CAPTURE(name_of(mode));

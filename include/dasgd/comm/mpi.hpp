@@ -263,6 +263,16 @@ class mpi_communicator {
     return op->gathered;
   }
 
+  /// Test mode: one pass of progress over the collectives in flight, from
+  /// the caller (who drives MPI there); true when one of them advanced.
+  /// For callers that want progress between chunks of their own work
+  /// without holding a request (an MPI without MPI_THREAD_MULTIPLE, a
+  /// simulator). Thread mode: nothing to do, false (the thread drives).
+  bool progress() {
+    require_valid();
+    return engine_->progress();
+  }
+
   /// Collectives started on this communicator and not finished yet,
   /// including those whose request was dropped (they still complete).
   std::size_t collectives_in_flight() const {

@@ -292,6 +292,9 @@ class mpi_engine {
     return op;
   }
 
+  /// Test mode: one pass of the caller-driven progress; thread mode: false.
+  bool progress() { return use_thread_ ? false : advance_pipeline(); }
+
   /// True once `op` is complete; rethrows its failure.
   bool test(mpi_op& op) {
     if (!use_thread_) advance_pipeline();
