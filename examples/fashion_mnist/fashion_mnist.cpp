@@ -42,6 +42,7 @@ void print_setup(const training_options& o, const dataset_view& data, const char
   if (o.algo != algorithm::sync) {
     std::printf(" tau=%d delay=%d merge=%s", o.tau, o.delay, name_of(o.merge));
     if (o.merge == merge_kind::mix) std::printf(" p=%g", o.mix_p);
+    if (o.sync_epochs > 0) std::printf(" after %g synchronous epochs", o.sync_epochs);
   }
   if (o.groups > 0) std::printf(" | %d groups", o.groups);
   if (o.node_groups) std::printf(" | groups by node");

@@ -25,6 +25,7 @@
 #include <dasgd/adaptors/eigen.hpp>
 #include <dasgd/dasgd.hpp>
 #include <dasgd/policy/hierarchical.hpp>
+#include <dasgd/policy/warmup.hpp>
 
 #include "idx_dataset.hpp"
 #include "mlp.hpp"
@@ -94,9 +95,17 @@ inline dasgd::trainer_options trainer_options_of(const training_options& o) {
 
 /// Flat DaSGD is the hierarchical schedule with every round across groups
 /// (outer_every = 1): one policy type for both, one instantiation fewer.
-inline dasgd::policy::hierarchical policy_of(const training_options& o) {
+inline dasgd::policy::hierarchical schedule_of(const training_options& o) {
   if (!o.hierarchical()) return {.tau = o.tau, .delay = o.delay, .outer_every = 1, .outer_delay = o.delay};
   return {.tau = o.tau, .delay = o.delay, .outer_every = o.outer_every, .outer_delay = o.outer_delay};
+}
+
+/// The schedule after --sync-epochs of synchronous steps (post-local SGD;
+/// none by default).
+inline dasgd::policy::warmup<dasgd::policy::hierarchical> policy_of(const training_options& o,
+                                                                    std::int64_t steps_per_epoch) {
+  return {.sync_steps = std::llround(o.sync_epochs * static_cast<double>(steps_per_epoch)),
+          .inner = schedule_of(o)};
 }
 
 template <class Comm, class Optim, class Merge>
@@ -115,7 +124,7 @@ run_summary train(Comm comm, Optim optim, Merge merge, const training_options& o
   // dasgd sees the Eigen objects themselves through the Eigen adaptor.
   dasgd::delayed_averager trainer(
       dasgd::make_tensor_list(params.W1, params.b1, params.W2, params.b2, params.W3, params.b3),
-      std::move(comm), policy_of(o), optim, merge,
+      std::move(comm), policy_of(o, steps), optim, merge,
       trainer_options_of(o));
   const dasgd::tensor_list<const float> gradient_list(grads.W1, grads.b1, grads.W2, grads.b2,
                                                       grads.W3, grads.b3);

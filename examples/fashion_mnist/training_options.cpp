@@ -174,6 +174,11 @@ parse_result parse_training_options(int argc, char** argv, int ranks, bool print
                  "linear learning-rate warm-up from 10% of the peak over this many epochs")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  auto* sync_epochs =
+      app.add_option("--sync-epochs", o.sync_epochs,
+                     "post-local SGD: synchronous steps for this many epochs, then local or delayed averaging")
+          ->check(CLI::NonNegativeNumber)
+          ->capture_default_str();
   app.add_flag("--no-bias-decay", o.no_bias_decay,
                "parameter groups: no weight decay on the biases");
   auto* average_state =
@@ -238,6 +243,7 @@ parse_result parse_training_options(int argc, char** argv, int ranks, bool print
       o.outer_delay = 0;
     }
     if (o.algo == algorithm::sync) {
+      reject(sync_epochs, "with --algorithm sync (every step is synchronous)");
       reject(groups, "with --algorithm sync");
       reject(node_groups, "with --algorithm sync");
     }

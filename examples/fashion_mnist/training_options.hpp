@@ -75,6 +75,9 @@ struct training_options {
   lr_scaling scaling = lr_scaling::none;
   int scaling_base = 4;         ///< the worker count --lr is tuned for
   double warmup_epochs = 0.0;   ///< linear warm-up from 10% of the peak
+  /// Post-local SGD: synchronous steps for this many epochs, then the
+  /// algorithm's schedule (policy::warmup).
+  double sync_epochs = 0.0;
 
   int batch = 32;  ///< per worker
   int epochs = 15;

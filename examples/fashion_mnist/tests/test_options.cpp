@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "train_worker.hpp"
 #include "training_options.hpp"
 
 namespace fm = fashion_mnist;
@@ -128,6 +129,18 @@ TEST_CASE("the outer merge, wire, parameter-group and large-batch flags reach th
   CHECK_FALSE(parse({"--wire", "int8"}).options);
   CHECK(parse({}).options->nonfinite == dasgd::nonfinite_guard::throw_error);
   CHECK(parse({"--nonfinite", "skip"}).options->nonfinite == dasgd::nonfinite_guard::skip_merge);
+}
+
+TEST_CASE("--sync-epochs starts with synchronous steps (post-local SGD)") {
+  const auto r = parse({"--sync-epochs", "2.5", "--tau", "2"});
+  REQUIRE(r.options);
+  CHECK(r.options->sync_epochs == 2.5);
+  CHECK(parse({}).options->sync_epochs == 0.0);
+  CHECK_FALSE(parse({"--sync-epochs", "-1"}).options);
+  CHECK_FALSE(parse({"--sync-epochs", "1", "--algorithm", "sync"}).options);
+  const auto p = fm::detail::policy_of(*r.options, 100);
+  CHECK(p.sync_steps == 250);
+  CHECK(p.inner.tau == 2);
 }
 
 TEST_CASE("--average-state averages the optimizer state with the weights") {
