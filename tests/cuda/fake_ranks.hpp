@@ -5,7 +5,10 @@
 
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <chrono>
+#include <cstring>
+#include <memory>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -94,6 +97,35 @@ void fill(T* p, std::size_t n, T base) {
     for (std::size_t i = 0; i < n; ++i) p[i] = base + static_cast<T>(i);
     return 0;
   });
+}
+
+/// A stream held closed until open() (a kernel still running).
+struct held_stream {
+  cudaStream_t s = fk::new_stream();
+  std::shared_ptr<std::atomic<bool>> opened = std::make_shared<std::atomic<bool>>(false);
+  held_stream() {
+    auto o = opened;
+    fk::enqueue_gate(s, [o] { return o->load(); });
+  }
+  void open() { opened->store(true); }
+};
+
+/// Queues "the snapshot pass" on `s`: writes f(i) into p (runs in stream order).
+template <class T, class F>
+void queue_write(cudaStream_t s, T* p, std::size_t n, F f) {
+  fk::enqueue_host(s, [=] {
+    for (std::size_t i = 0; i < n; ++i) p[i] = static_cast<T>(f(i));
+  });
+}
+
+/// Queues "the merge pass" on `s`: copies p into a vector (runs in stream
+/// order), then waits until it ran.
+template <class T>
+std::vector<T> read_in_stream_order(cudaStream_t s, const T* p, std::size_t n) {
+  auto out = std::make_shared<std::vector<T>>(n);
+  fk::enqueue_host(s, [=] { std::memcpy(out->data(), p, n * sizeof(T)); });
+  REQUIRE(fk::synchronize(s));
+  return *out;
 }
 
 struct fresh_fake {

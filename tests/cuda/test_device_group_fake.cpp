@@ -67,31 +67,6 @@ dasgd::comm::device_group_options opts(std::chrono::milliseconds timeout = 2000m
   return o;
 }
 
-struct held_stream {
-  cudaStream_t s = fk::new_stream();
-  std::shared_ptr<std::atomic<bool>> opened = std::make_shared<std::atomic<bool>>(false);
-  held_stream() {
-    auto o = opened;
-    fk::enqueue_gate(s, [o] { return o->load(); });
-  }
-  void open() { opened->store(true); }
-};
-
-template <class T, class F>
-void queue_write(cudaStream_t s, T* p, std::size_t n, F f) {
-  fk::enqueue_host(s, [=] {
-    for (std::size_t i = 0; i < n; ++i) p[i] = static_cast<T>(f(i));
-  });
-}
-
-template <class T>
-std::vector<T> read_in_stream_order(cudaStream_t s, const T* p, std::size_t n) {
-  auto out = std::make_shared<std::vector<T>>(n);
-  fk::enqueue_host(s, [=] { std::memcpy(out->data(), p, n * sizeof(T)); });
-  REQUIRE(fk::synchronize(s));
-  return *out;
-}
-
 }  // namespace
 
 TEST_CASE("device group: 2 and 4 ranks average after every rank's snapshot, with the host communicator's bits") {

@@ -99,28 +99,9 @@ void compare(policy::fixed_delay pol, Optim opt, Merge merge, bool master, int s
   dev.broadcast_parameters(0);
 
   auto dev_g = dg.tensors();
-  std::vector<std::vector<T>> g(extents.size());
-  for (int k = 0; k < steps; ++k) {
-    for (std::size_t t = 0; t < extents.size(); ++t) {
-      g[t].resize(extents[t]);
-      for (std::size_t i = 0; i < extents[t]; ++i) g[t][i] = to_storage<T>(gradient(t, i, k, rank));
-      DASGD_CUDA_CHECK(cudaMemcpyAsync(const_cast<T*>(dev_g.data(t)), g[t].data(), g[t].size() * sizeof(T),
-                                       cudaMemcpyHostToDevice, s.s));
-      DASGD_CUDA_CHECK(cudaStreamSynchronize(s.s));  // g[t] is pageable and rewritten next step
-    }
-    tensor_list<const T, host_space> hg;
-    for (auto& v : g) hg.add(v.data(), v.size());
-    const step_report hr = host.step(hg);
-    const step_report dr = dev.step(dev_g);
-    CHECK(hr.launched == dr.launched);
-    CHECK(hr.merged == dr.merged);
-    if (k == steps - 1) {
-      host.synchronize();
-      dev.synchronize();
-    }
-    test::check_weights_close(host_w, dev.backend(), dev_w, k, "rank " + std::to_string(rank));
-  }
-  CHECK(dev.steps_taken() == steps);
+  test::run_side_by_side(host, host_w, dev, dev_w, dev_g, s.s, steps,
+                         [rank](std::size_t t, std::size_t i, int k) { return gradient(t, i, k, rank); },
+                         "rank " + std::to_string(rank));
 }
 
 template <class T, class Optim, class Merge, class Factory = staged_factory>

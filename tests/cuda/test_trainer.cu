@@ -144,28 +144,8 @@ void compare_trainers(Model& dev_model, std::vector<std::vector<T>> host_w, Devi
   dev.broadcast_parameters(0);
 
   auto dev_g = dev_model.grads();
-  std::vector<std::vector<T>> g(host_w.size());
-  for (int k = 0; k < steps; ++k) {
-    for (std::size_t t = 0; t < host_w.size(); ++t) {
-      g[t].resize(host_w[t].size());
-      for (std::size_t i = 0; i < g[t].size(); ++i) g[t][i] = to_storage<T>(gradient(t, i, k));
-      // Ordered on the compute stream: the previous pass has read the old ones.
-      DASGD_CUDA_CHECK(cudaMemcpyAsync(const_cast<T*>(dev_g.data(t)), g[t].data(),
-                                       g[t].size() * sizeof(T), cudaMemcpyHostToDevice, stream));
-    }
-    tensor_list<const T, host_space> hg;
-    for (auto& v : g) hg.add(v.data(), v.size());
-    const step_report hr = host.step(hg);
-    const step_report dr = dev.step(dev_g);
-    CHECK(hr.launched == dr.launched);
-    CHECK(hr.merged == dr.merged);
-    if (k == steps - 1) {
-      host.synchronize();
-      dev.synchronize();
-    }
-    test::check_weights_close(host_w, dev.backend(), dev_w, k, "device");
-  }
-  CHECK(dev.steps_taken() == steps);
+  test::run_side_by_side(host, host_w, dev, dev_w, dev_g, stream, steps,
+                         [](std::size_t t, std::size_t i, int k) { return gradient(t, i, k); }, "device");
   CHECK_FALSE(dev.average_in_flight());
 }
 

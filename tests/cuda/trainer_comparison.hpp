@@ -1,11 +1,13 @@
-// The per-step check of the GPU trainer tests: device weights against the
-// host trainer's, within the storage tolerance. (.cu only: needs the CUDA
-// backend.)
+// The GPU trainer tests' lockstep run: a host trainer and a device trainer
+// fed the same gradients, the device weights checked against the host's
+// within the storage tolerance after every step.
 #pragma once
 
 #include <doctest/doctest.h>
 
 #include <dasgd/core/tensor_list.hpp>
+#include <dasgd/core/trainer_options.hpp>
+#include <dasgd/kernels/cuda/cuda_error.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -38,6 +40,41 @@ void check_weights_close(const std::vector<std::vector<T>>& host_w, Backend& bac
     INFO(who, " step ", k, " tensor ", t, ": worst error / tolerance ", worst);
     CHECK(bad == 0);
   }
+}
+
+/// Runs `steps` steps of the host trainer and the device trainer side by
+/// side, feeding both gradient(t, i, k) (in storage precision), and checks
+/// after every step that they agree (synchronize() after the last step).
+/// The host trainer's weights are host_w; the device trainer's dev_w with
+/// gradients dev_g, on `stream`.
+template <class T, class Host, class Dev, class DeviceGrads, class Gradient>
+void run_side_by_side(Host& host, std::vector<std::vector<T>>& host_w, Dev& dev, const tensor_list<T, device_space>& dev_w,
+                      const DeviceGrads& dev_g, cudaStream_t stream, int steps,
+                      Gradient gradient, const std::string& who) {
+  std::vector<std::vector<T>> g(host_w.size());
+  for (int k = 0; k < steps; ++k) {
+    for (std::size_t t = 0; t < host_w.size(); ++t) {
+      g[t].resize(host_w[t].size());
+      for (std::size_t i = 0; i < g[t].size(); ++i) g[t][i] = to_storage<T>(gradient(t, i, k));
+      // Ordered on the compute stream (the previous pass has read the old
+      // ones); g[t] is pageable and rewritten next step.
+      DASGD_CUDA_CHECK(cudaMemcpyAsync(const_cast<T*>(dev_g.data(t)), g[t].data(), g[t].size() * sizeof(T),
+                                       cudaMemcpyHostToDevice, stream));
+      DASGD_CUDA_CHECK(cudaStreamSynchronize(stream));
+    }
+    tensor_list<const T, host_space> hg;
+    for (auto& v : g) hg.add(v.data(), v.size());
+    const step_report hr = host.step(hg);
+    const step_report dr = dev.step(dev_g);
+    CHECK(hr.launched == dr.launched);
+    CHECK(hr.merged == dr.merged);
+    if (k == steps - 1) {
+      host.synchronize();
+      dev.synchronize();
+    }
+    check_weights_close(host_w, dev.backend(), dev_w, k, who);
+  }
+  CHECK(dev.steps_taken() == steps);
 }
 
 }  // namespace dasgd::test

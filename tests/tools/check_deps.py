@@ -59,6 +59,7 @@ IMAGE_PROGRAMS = {"nvcc", "nvidia-smi", "compute-sanitizer", "ncu", "nsys"}
 ENTRY_POINTS = (
     "scripts/run-tests.sh", "scripts/run-example.sh", "scripts/plot_training.py",
     "bench/overlap/run_overlap.sh", "tests/mpi/run_progress_probe.sh",
+    "bench/wire_outer/run.sh", "bench/hierarchical/run.sh",
 )
 # Scripts not scanned, with the reason.
 NOT_SCANNED = {
