@@ -47,14 +47,6 @@ double gradient(std::size_t t, std::size_t i, int k, int r) {
   return 0.5 * std::sin(0.37 * double(i) + 1.3 * double(t) + 0.71 * double(k) + 0.9 * double(r));
 }
 
-struct stream_holder {
-  cudaStream_t s = nullptr;
-  stream_holder() { DASGD_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking)); }
-  ~stream_holder() { (void)cudaStreamDestroy(s); }
-  stream_holder(const stream_holder&) = delete;
-  stream_holder& operator=(const stream_holder&) = delete;
-};
-
 comm::mpi_options mpi_opts() {
   comm::mpi_options o;
   o.timeout = std::chrono::seconds(30);
@@ -77,7 +69,7 @@ struct staged_factory {
 template <class T, class Optim, class Merge, class Factory = staged_factory>
 void compare(policy::fixed_delay pol, Optim opt, Merge merge, bool master, int steps, Factory make = {}) {
   const int rank = world_rank();
-  stream_holder s;
+  test::stream_holder s;
   // Different initial weights per rank: broadcast_parameters(0) must make
   // them equal before training, on both paths.
   std::mt19937 rng(100u + static_cast<unsigned>(rank));
@@ -105,16 +97,11 @@ void compare(policy::fixed_delay pol, Optim opt, Merge merge, bool master, int s
 }
 
 template <class T, class Optim, class Merge, class Factory = staged_factory>
-void every_delay_with(Optim opt, Merge merge, bool master, Factory make = {}) {
+void every_delay(Optim opt, Merge merge, bool master, Factory make = {}) {
   for (int d = 0; d <= 3; ++d) {
     CAPTURE(d);
     compare<T>(policy::fixed_delay{4, d}, opt, merge, master, 14, make);
   }
-}
-
-template <class T, class Optim, class Merge>
-void every_delay(Optim opt, Merge merge, bool master) {
-  every_delay_with<T>(opt, merge, master);
 }
 
 }  // namespace
@@ -159,7 +146,7 @@ bool nccl_accepts_shared_gpu(std::string& why) {
   setenv("NCCL_HOSTID", host_id.c_str(), 1);
   int ok = 1;
   try {
-    stream_holder s;
+    test::stream_holder s;
     comm::nccl_options o;
     o.timeout = std::chrono::seconds(60);
     auto c = comm::nccl_communicator::from_mpi(MPI_COMM_WORLD, s.s, o);
@@ -189,13 +176,13 @@ TEST_CASE("GPU workers over NCCL (ranks sharing one GPU, one NCCL_HOSTID each) m
     return;
   }
   MESSAGE("NCCL accepted ranks sharing one GPU with distinct NCCL_HOSTID (rank ", world_rank(), ")");
-  every_delay_with<float>(optim::sgd{.lr = 0.05, .momentum = 0.9}, merge::mix{0.25}, false, nccl_factory{});
-  every_delay_with<__nv_bfloat16>(optim::adamw{.lr = 1e-2}, merge::additive{}, true, nccl_factory{});
+  every_delay<float>(optim::sgd{.lr = 0.05, .momentum = 0.9}, merge::mix{0.25}, false, nccl_factory{});
+  every_delay<__nv_bfloat16>(optim::adamw{.lr = 1e-2}, merge::additive{}, true, nccl_factory{});
 
   // One rank stalls (its compute stream is held by a host function past
   // the timeout): every rank gets timeout_error, within the timeout, and the
   // communicator is latched.
-  stream_holder s;
+  test::stream_holder s;
   comm::nccl_options o;
   o.timeout = std::chrono::milliseconds(1500);
   auto c = comm::nccl_communicator::from_mpi(MPI_COMM_WORLD, s.s, o);

@@ -80,14 +80,6 @@ class device_loopback {
   cudaStream_t stream_;
 };
 
-struct stream_holder {
-  cudaStream_t s = nullptr;
-  stream_holder() { DASGD_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking)); }
-  ~stream_holder() { (void)cudaStreamDestroy(s); }
-  stream_holder(const stream_holder&) = delete;
-  stream_holder& operator=(const stream_holder&) = delete;
-};
-
 const std::vector<std::size_t> model_extents{1000, 37, 4097, 1, 130};
 
 /// Deterministic gradient of element i of tensor t at step k.
@@ -162,7 +154,7 @@ std::vector<std::vector<T>> initial_weights(std::uint32_t seed) {
 
 template <class MakeComm>
 void trainer_variants(MakeComm make_comm) {
-  stream_holder s;
+  test::stream_holder s;
   SUBCASE("float, sgd momentum, mix, tau 3 delay 1 (thrust tensors)") {
     auto w0 = initial_weights<float>(1);
     thrust_model<float> m(w0);
@@ -238,7 +230,7 @@ void check_identity_average(comm::nccl_communicator& c, cudaStream_t s, std::siz
 }  // namespace
 
 TEST_CASE("NCCL one-rank average returns the input for every storage type") {
-  stream_holder s;
+  test::stream_holder s;
   auto c = comm::nccl_communicator::single_rank(s.s);
   CHECK(c.size() == 1);
   CHECK(c.rank() == 0);
@@ -255,7 +247,7 @@ TEST_CASE("NCCL one-rank average returns the input for every storage type") {
 }
 
 TEST_CASE("NCCL communicator rejects bad buffers") {
-  stream_holder s;
+  test::stream_holder s;
   auto c = comm::nccl_communicator::single_rank(s.s);
   cuda_backend b(s.s);
   auto d = b.allocate<float>(10);
@@ -282,7 +274,7 @@ TEST_CASE("NCCL bootstrap through MPI (singleton rank)") {
   struct world {
     MPI_Comm native_handle() const { return MPI_COMM_WORLD; }
   };
-  stream_holder s;
+  test::stream_holder s;
   {
     auto c = comm::nccl_communicator::from_mpi(world{}, s.s);
     int rank = 0, size = 0;
@@ -345,7 +337,7 @@ class stuck_stream {
 }  // namespace
 
 TEST_CASE("NCCL timeout: test() and a host-blocking wait() throw timeout_error") {
-  stream_holder s;
+  test::stream_holder s;
   cuda_backend b(s.s);
   auto send = b.allocate<float>(1024), recv = b.allocate<float>(1024);
   comm::nccl_options o;
@@ -372,7 +364,7 @@ TEST_CASE("NCCL timeout: test() and a host-blocking wait() throw timeout_error")
 }
 
 TEST_CASE("NCCL timeout: the watchdog aborts an average the compute stream waits for") {
-  stream_holder s;
+  test::stream_holder s;
   cuda_backend b(s.s);
   auto send = b.allocate<float>(1024), recv = b.allocate<float>(1024);
   comm::nccl_options o;
@@ -401,7 +393,7 @@ TEST_CASE("NCCL timeout: the watchdog aborts an average the compute stream waits
 }
 
 TEST_CASE("NCCL timeout: a stuck communication stream holds up the signature exchange; wait() throws in time") {
-  stream_holder s;
+  test::stream_holder s;
   cuda_backend b(s.s);
   auto send = b.allocate<float>(1024), recv = b.allocate<float>(1024);
   comm::nccl_options o;

@@ -19,6 +19,15 @@
 
 namespace dasgd::test {
 
+/// A non-blocking CUDA stream for the length of a test.
+struct stream_holder {
+  cudaStream_t s = nullptr;
+  stream_holder() { DASGD_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking)); }
+  ~stream_holder() { (void)cudaStreamDestroy(s); }
+  stream_holder(const stream_holder&) = delete;
+  stream_holder& operator=(const stream_holder&) = delete;
+};
+
 /// Checks every tensor of dev_w (read back through `backend`) against
 /// host_w after k + 1 steps. Host and device round differently (FMA on the
 /// device): two storage ulps plus the compute type's drift so far.
