@@ -152,6 +152,24 @@ class schedule {
 };
 
 /// In-place ring allreduce of `count` elements.
+/// Bytes per element of an MPI datatype.
+inline std::size_t element_bytes(MPI_Datatype type) {
+  int bytes = 0;
+  MPI_Type_size(type, &bytes);
+  return static_cast<std::size_t>(bytes);
+}
+
+/// Where each of `parts` near-equal chunks of `count` elements starts
+/// (parts + 1 offsets, the last one `count`).
+inline std::vector<std::size_t> chunk_offsets(int count, int parts) {
+  const auto n = static_cast<std::size_t>(parts);
+  const auto c = static_cast<std::size_t>(count);
+  std::vector<std::size_t> offsets;
+  offsets.reserve(n + 1);
+  for (std::size_t i = 0; i <= n; ++i) offsets.push_back(c * i / n);
+  return offsets;
+}
+
 class ring_allreduce final : public schedule {
  public:
   ring_allreduce(void* buf, int count, MPI_Datatype type, MPI_Op op, MPI_Comm comm, int rank, int size)
@@ -160,13 +178,10 @@ class ring_allreduce final : public schedule {
         type_(type),
         op_(op),
         rank_(rank),
-        size_(size) {
-    int bytes = 0;
-    MPI_Type_size(type, &bytes);
-    elem_ = static_cast<std::size_t>(bytes);
+        size_(size),
+        elem_(element_bytes(type)),
+        offset_(chunk_offsets(count, size)) {
     const auto n = static_cast<std::size_t>(size);
-    const auto c = static_cast<std::size_t>(count);
-    for (std::size_t i = 0; i <= n; ++i) offset_.push_back(c * i / n);
     std::size_t longest = 0;
     for (std::size_t i = 0; i < n; ++i) longest = std::max(longest, offset_[i + 1] - offset_[i]);
     tmp_.resize(std::max<std::size_t>(longest * elem_, 1));
@@ -222,13 +237,10 @@ class rabenseifner_allreduce final : public schedule {
         rank_(rank),
         size_(size),
         steps_(log2_of(size)),
-        hi_(size) {
-    int bytes = 0;
-    MPI_Type_size(type, &bytes);
-    elem_ = static_cast<std::size_t>(bytes);
-    const auto n = static_cast<std::size_t>(size);
+        hi_(size),
+        elem_(element_bytes(type)),
+        offset_(chunk_offsets(count, size)) {
     const auto c = static_cast<std::size_t>(count);
-    for (std::size_t i = 0; i <= n; ++i) offset_.push_back(c * i / n);
     tmp_.resize(std::max<std::size_t>((c / 2 + 1) * elem_, 1));  // the first (largest) half
   }
   static int log2_of(int n) {
@@ -338,11 +350,8 @@ inline int iallreduce(const void* send, void* recv, int count, MPI_Datatype type
   int rank = 0, size = 0;
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &size);
-  if (send != MPI_IN_PLACE) {  // the engine always reduces its staging buffer in place
-    int bytes = 0;
-    MPI_Type_size(type, &bytes);
-    std::memmove(recv, send, static_cast<std::size_t>(count) * static_cast<std::size_t>(bytes));
-  }
+  if (send != MPI_IN_PLACE)  // the engine always reduces its staging buffer in place
+    std::memmove(recv, send, static_cast<std::size_t>(count) * element_bytes(type));
   const bool pow2 = (size & (size - 1)) == 0;
   schedule* s = nullptr;
   if (pow2 && state().allreduce == allreduce_algorithm::rabenseifner)
@@ -357,11 +366,10 @@ inline int iallreduce(const void* send, void* recv, int count, MPI_Datatype type
 inline int iallgather(const void* send, int scount, MPI_Datatype stype, void* recv, int rcount, MPI_Datatype rtype,
                       MPI_Comm comm, MPI_Request* req) {
   if (state().native) return MPI_Iallgather(send, scount, stype, recv, rcount, rtype, comm, req);
-  int rank = 0, size = 0, bytes = 0;
+  int rank = 0, size = 0;
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &size);
-  MPI_Type_size(stype, &bytes);
-  const std::size_t block = static_cast<std::size_t>(scount) * static_cast<std::size_t>(bytes);
+  const std::size_t block = static_cast<std::size_t>(scount) * element_bytes(stype);
   const void* mine = send == MPI_IN_PLACE ? static_cast<const std::byte*>(recv) + block * static_cast<std::size_t>(rank)
                                           : send;
   auto* s = new bruck_allgather(mine, recv, block, comm, rank, size);
