@@ -10,8 +10,13 @@
 //    --compute-ms, no host work); the progress thread (SMPI has no
 //    MPI_THREAD_MULTIPLE), replaced by the same advance loop run between
 //    compute chunks (mpi_communicator::progress()); the non-blocking collectives,
-//    replaced by ring / Bruck schedules (smpi_collectives.hpp). Host work
-//    between MPI calls costs no simulated time (smpi/simulate-computation:no).
+//    replaced by ring / Rabenseifner / Bruck / binomial schedules
+//    (smpi_collectives.hpp). Host work between MPI calls costs no simulated
+//    time (smpi/simulate-computation:no).
+//  - `hier` (--groups G): policy::hierarchical over mpi_hierarchy_by_colour,
+//    G groups of consecutive ranks (the two-datacenter platform's halves),
+//    the chained average across groups driven by the caller
+//    (chain_progress::caller: SMPI cannot host the helper thread).
 //
 // Timing mode: the gradients are zeros (the accelerator's output; contents
 // do not matter) and with --shared every large buffer, the library's
@@ -39,15 +44,20 @@
 // The engine's collectives and tests go to the shim (see its header).
 #define MPI_Iallreduce ::dasgd::bench::smpi::iallreduce
 #define MPI_Iallgather ::dasgd::bench::smpi::iallgather
+#define MPI_Ibcast ::dasgd::bench::smpi::ibcast
 #define MPI_Test ::dasgd::bench::smpi::test
+#include <dasgd/comm/hierarchical_mpi.hpp>
 #include <dasgd/comm/mpi.hpp>
 #undef MPI_Iallreduce
 #undef MPI_Iallgather
+#undef MPI_Ibcast
 #undef MPI_Test
 #else
+#include <dasgd/comm/hierarchical_mpi.hpp>
 #include <dasgd/comm/mpi.hpp>
 #endif
 #include <dasgd/dasgd.hpp>
+#include <dasgd/policy/hierarchical.hpp>
 
 #include <CLI/CLI.hpp>
 
@@ -137,11 +147,16 @@ struct options {
   int adaptive_window = 2;
   double progress_us = 200;  // SMPI: longest pause of the emulated progress loop; 0 = none (test mode only)
   bool shared = false;
+  int wire_scale = 1;  // SMPI, --shared: the library holds params / wire_scale floats, messages carry all params
   bool check = false;
   std::string allreduce = "ring";
   bool native = false;
   std::string label = "smpi";
   std::string csv;
+  int groups = 0;              // hier: groups of consecutive ranks (0: no hierarchy)
+  std::int64_t hier_delay = 1;  // hier: delay of the group rounds
+  std::int64_t outer_every = 16;
+  std::int64_t outer_delay = 3;
 };
 
 /// Seconds on the clock the run is measured with: simulated under SMPI.
@@ -168,8 +183,8 @@ void execute_seconds(double seconds) { smpi_execute_flops(seconds * sg_host_get_
 /// thread drives the trainer's averages exactly as the engine's own loop
 /// does (10 us pauses, doubling to max while nothing changes). With real MPI
 /// the host sleeps and the real progress thread runs.
-void accelerator_compute(double seconds, [[maybe_unused]] mpi_communicator& comm,
-                         [[maybe_unused]] const options& o) {
+template <class Comm>
+void accelerator_compute(double seconds, [[maybe_unused]] Comm& comm, [[maybe_unused]] const options& o) {
 #ifdef DASGD_SMPI
   const double end = now_s() + seconds;
   double pause = 10e-6;
@@ -191,15 +206,29 @@ void accelerator_compute(double seconds, [[maybe_unused]] mpi_communicator& comm
 #endif
 }
 
-mpi_communicator make_comm() {
+dasgd::comm::mpi_options comm_options() {
 #ifdef DASGD_SMPI
   // Test mode: no thread. A long timeout because host time, not simulated
   // time, passes while thousands of simulated ranks take their turns.
-  return mpi_communicator(MPI_COMM_WORLD, {.progress = dasgd::comm::mpi_progress::test,
-                                           .timeout = std::chrono::hours(24)});
+  return {.progress = dasgd::comm::mpi_progress::test, .timeout = std::chrono::hours(24)};
 #else
-  return mpi_communicator();
+  return {};
 #endif
+}
+
+mpi_communicator make_comm() { return mpi_communicator(MPI_COMM_WORLD, comm_options()); }
+
+/// --groups G: G groups of consecutive ranks; the across-groups average is
+/// the chain, driven by test()/wait() and the emulated progress loop.
+dasgd::comm::mpi_hierarchical_communicator make_hierarchy(const options& o) {
+  int rank = 0, size = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  DASGD_REQUIRE(o.groups >= 1 && size % o.groups == 0, dasgd::config_error, "--groups ", o.groups,
+                " must divide the ", size, " ranks");
+  return dasgd::comm::mpi_hierarchy_by_colour(rank / (size / o.groups), MPI_COMM_WORLD, comm_options(),
+                                              {.outer = dasgd::comm::outer_average::chained,
+                                               .progress = dasgd::comm::chain_progress::caller});
 }
 
 struct figures {
@@ -210,11 +239,12 @@ struct figures {
   double host_s = 0;  // host seconds the simulation of this run took
 };
 
-template <class Policy>
-figures run_trainer(const options& o, Policy policy, const dasgd::bench::quadratic_workload* work) {
+template <class Policy, class Comm = mpi_communicator>
+figures run_trainer(const options& o, Policy policy, const dasgd::bench::quadratic_workload* work,
+                    Comm comm = make_comm()) {
   const double host0 = host_s();
   std::vector<float> w(o.params, 0.0f), grad(o.params, 0.0f);
-  dasgd::delayed_averager trainer(dasgd::make_tensor_list(w), make_comm(), std::move(policy),
+  dasgd::delayed_averager trainer(dasgd::make_tensor_list(w), std::move(comm), std::move(policy),
                                   dasgd::optim::sgd{.lr = 0.3, .momentum = 0.5}, dasgd::merge::additive{});
   figures f;
   double t_timed = 0, waited = 0;
@@ -242,7 +272,25 @@ figures run_trainer(const options& o, Policy policy, const dasgd::bench::quadrat
   return f;
 }
 
-figures run_algorithm(const options& o, const algorithm_spec& a, const dasgd::bench::quadratic_workload* work) {
+/// The benchmark's algorithms: the overlap benchmark's, plus `hier`.
+struct bench_algorithm {
+  algorithm_spec spec;
+  bool hierarchical = false;
+};
+
+bench_algorithm parse(const std::string& name, const options& o) {
+  if (name != "hier") return {dasgd::bench::parse_algorithm(name, o.tau), false};
+  DASGD_REQUIRE(o.groups >= 1, dasgd::config_error, "algorithm 'hier' needs --groups");
+  return {{name, algorithm_kind::fixed_delay, o.tau, o.hier_delay}, true};
+}
+
+figures run_algorithm(const options& o, const bench_algorithm& b, const dasgd::bench::quadratic_workload* work) {
+  const algorithm_spec& a = b.spec;
+  if (b.hierarchical)
+    return run_trainer(o,
+                       dasgd::policy::hierarchical{.tau = o.tau, .delay = o.hier_delay, .outer_every = o.outer_every,
+                                                   .outer_delay = o.outer_delay},
+                       work, make_hierarchy(o));
   switch (a.kind) {
     case algorithm_kind::compute_only:
       return run_trainer(o, dasgd::policy::fixed_delay(o.warmup_steps + o.steps + 1, 0), work);
@@ -306,11 +354,22 @@ int run(int argc, char** argv) {
                  "SMPI: longest pause of the emulated progress thread (0: test-mode progress only)")
       ->check(CLI::NonNegativeNumber);
   app.add_flag("--shared", o.shared, "SMPI: large buffers in SMPI_SHARED_MALLOC memory (contents meaningless)");
+  app.add_option("--wire-scale", o.wire_scale,
+                 "SMPI, with --shared: the library's buffers hold params / k floats and every allreduce message "
+                 "carries k times its chunk, so the wire sees the whole model at a fraction of the host time")
+      ->check(CLI::PositiveNumber);
   app.add_option("--allreduce", o.allreduce, "SMPI: ring or rabenseifner (power-of-two sizes; ring otherwise)")
       ->check(CLI::IsMember({"ring", "rabenseifner"}));
   app.add_flag("--native-collectives", o.native,
                "SMPI: SMPI's own MPI_Iallreduce/MPI_Iallgather instead of bench/smpi's schedules");
   app.add_flag("--check", o.check, "real gradients and sums; print the final loss per algorithm");
+  app.add_option("--groups", o.groups, "hier: groups of consecutive ranks (the datacenters)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--hier-delay", o.hier_delay, "hier: delay of the group rounds")->check(CLI::NonNegativeNumber);
+  app.add_option("--outer-every", o.outer_every, "hier: every k-th round averages across groups")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--outer-delay", o.outer_delay, "hier: delay of the across-groups rounds")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--label", o.label, "copied into every row (platform name)");
   app.add_option("--csv", o.csv, "append rows to this CSV file (rank 0)");
   try {
@@ -321,9 +380,17 @@ int run(int argc, char** argv) {
   DASGD_REQUIRE(o.warmup_steps % o.tau == 0 && o.steps % o.tau == 0, dasgd::config_error,
                 "--warmup-steps and --steps must be multiples of tau");
   DASGD_REQUIRE(!(o.shared && o.check), dasgd::config_error, "--check needs real buffers, not --shared");
+  DASGD_REQUIRE(o.wire_scale == 1 || o.shared, dasgd::config_error,
+                "--wire-scale ", o.wire_scale, " needs --shared (scaled messages carry no real data)");
+#ifndef DASGD_SMPI
+  DASGD_REQUIRE(o.wire_scale == 1, dasgd::config_error, "--wire-scale is for the SMPI build");
+#endif
+  // The library holds a k-th of the model; the wire carries k times that.
+  o.params = std::max<std::size_t>(o.params / static_cast<std::size_t>(o.wire_scale), 1);
+  const std::size_t wire_params = o.params * static_cast<std::size_t>(o.wire_scale);
   DASGD_REQUIRE(o.label.find_first_of(",\"\n") == std::string::npos, dasgd::config_error, "bad --label");
-  std::vector<algorithm_spec> algorithms;
-  for (const auto& name : o.algorithms) algorithms.push_back(dasgd::bench::parse_algorithm(name, o.tau));
+  std::vector<bench_algorithm> algorithms;
+  for (const auto& name : o.algorithms) algorithms.push_back(parse(name, o));
 
 #ifdef DASGD_SMPI
   dasgd::bench::smpi::set_allreduce(o.allreduce == "ring" ? dasgd::bench::smpi::allreduce_algorithm::ring
@@ -339,7 +406,8 @@ int run(int argc, char** argv) {
     shared_threshold = std::size_t(1) << 18;
     DASGD_REQUIRE(static_cast<std::size_t>(size) * 72 * 2 < shared_threshold, dasgd::config_error,
                   "--shared: ", size, " ranks need signature tables above the shared-memory threshold");
-    dasgd::bench::smpi::set_skip_reduction(true);
+    dasgd::bench::smpi::set_shared_threshold(shared_threshold);
+    dasgd::bench::smpi::set_wire_scale(o.wire_scale);
   }
 #endif
   const double host_start = host_s();
@@ -362,22 +430,28 @@ int run(int argc, char** argv) {
     DASGD_REQUIRE(csv != nullptr, dasgd::config_error, "cannot open '", o.csv, "'");
     if (fresh)
       std::fprintf(csv, "label,allreduce,ranks,params,payload_bytes,compute_ms,algorithm,tau,delay,allreduce_ms,step_ms,"
-                        "compute_step_ms,efficiency,hidden,wait_ms,loss,host_s\n");
+                        "compute_step_ms,efficiency,hidden,wait_ms,loss,host_s,wire_scale\n");
   }
   if (rank == 0) {
-    std::printf("# %s ranks=%d params=%zu (%.2f MB) compute=%.2f ms tau=%lld allreduce=%s blocking average %.3f ms%s\n",
-                o.label.c_str(), size, o.params, o.params * 4e-6, o.compute_ms, static_cast<long long>(o.tau),
+    std::printf("# %s ranks=%d params=%zu (%.2f MB) compute=%.2f ms tau=%lld allreduce=%s blocking average %.3f ms%s",
+                o.label.c_str(), size, wire_params, wire_params * 4e-6, o.compute_ms, static_cast<long long>(o.tau),
                 o.native ? "smpi-native" : o.allreduce.c_str(), allreduce_s * 1e3, o.shared ? " shared" : "");
+    if (o.wire_scale > 1) std::printf(" wire-scale %d (the library holds %zu floats)", o.wire_scale, o.params);
+    std::printf("\n");
     std::fflush(stdout);
   }
   double compute_step = 0;
-  for (const auto& a : algorithms) {
-    const figures f = run_algorithm(o, a, work.get());
+  for (const auto& b : algorithms) {
+    const algorithm_spec& a = b.spec;
+    const figures f = run_algorithm(o, b, work.get());
     if (a.kind == algorithm_kind::compute_only) compute_step = f.step_s;
     const bool none = a.kind == algorithm_kind::compute_only;
     const double comm_per_step = allreduce_s * a.averages_per_step();
     const double eff = compute_step > 0 ? compute_step / f.step_s : NAN;
-    const double hidden = none || compute_step <= 0 ? NAN : 1.0 - (f.step_s - compute_step) / comm_per_step;
+    // hier: most averages are group-only, so the flat blocking average is no yardstick
+    const double hidden = none || b.hierarchical || compute_step <= 0
+                              ? NAN
+                              : 1.0 - (f.step_s - compute_step) / comm_per_step;
     const std::int64_t delay = a.kind == algorithm_kind::adaptive_delay ? f.delay_last : none ? 0 : a.delay;
     if (rank == 0) {
       std::printf("%-9s step %9.3f ms  efficiency %.3f  hidden %6.3f  wait %8.3f ms  delay %lld  loss %.9g  host %.1f s\n",
@@ -385,11 +459,11 @@ int run(int argc, char** argv) {
                   f.host_s);
       std::fflush(stdout);
       if (csv != nullptr) {
-        std::fprintf(csv, "%s,%s,%d,%zu,%zu,%.4f,%s,%lld,%lld,%.4f,%.4f,%.4f,%.5f,%.5f,%.4f,%.9g,%.2f\n", o.label.c_str(),
-                     o.native ? "smpi-native" : o.allreduce.c_str(),
-                     size, o.params, o.params * sizeof(float), o.compute_ms, a.name.c_str(),
+        std::fprintf(csv, "%s,%s,%d,%zu,%zu,%.4f,%s,%lld,%lld,%.4f,%.4f,%.4f,%.5f,%.5f,%.4f,%.9g,%.2f,%d\n",
+                     o.label.c_str(), o.native ? "smpi-native" : o.allreduce.c_str(),
+                     size, wire_params, wire_params * sizeof(float), o.compute_ms, a.name.c_str(),
                      static_cast<long long>(none ? 0 : a.tau), static_cast<long long>(delay), allreduce_s * 1e3,
-                     f.step_s * 1e3, compute_step * 1e3, eff, hidden, f.wait_s * 1e3, f.loss, f.host_s);
+                     f.step_s * 1e3, compute_step * 1e3, eff, hidden, f.wait_s * 1e3, f.loss, f.host_s, o.wire_scale);
         std::fflush(csv);
       }
     }

@@ -12,10 +12,22 @@
 //    halving then doubling, 2 log2 n rounds, the same bytes; libnbc has it
 //    too), for power-of-two sizes;
 //  - allgather (the engine's signature check): Bruck, ceil(log2 n) rounds.
-// The sums are real (MPI_Reduce_local with the caller's MPI_Op) unless
-// set_skip_reduction(true) was called because the buffers are shared
-// (SMPI_SHARED_MALLOC: every rank's buffer is the same memory, so contents
-// are meaningless and the reduction would only cost host time).
+//  - broadcast (the hierarchical communicator's group broadcast): binomial
+//    tree, ceil(log2 n) rounds.
+// The sums are real (MPI_Reduce_local with the caller's MPI_Op) except on
+// shared buffers: set_shared_threshold(b) says that buffers of at least b
+// bytes are SMPI_SHARED_MALLOC memory (every rank's buffer is the same
+// memory, so contents are meaningless and a reduction would only cost host
+// time). Smaller ones (the signature tables, the hierarchical chain's
+// status words) carry real data and are reduced.
+//
+// set_wire_scale(k): every message of a shared buffer's allreduce or
+// broadcast carries k times the bytes of its chunk (sent from and received
+// into one shared scratch block), so a model of P parameters is simulated
+// with P/k in the library's buffers. Simulated time depends on the bytes on
+// the wire, not on host work (smpi/simulate-computation:no); host time then
+// no longer grows with the model (a 102 MB buffer at 1024 ranks: hours
+// unscaled). Real-data collectives are never scaled.
 //
 // Progress follows libnbc: a round advances only inside MPI_Test on the
 // collective's request. The engine's wait() spins on MPI_Test; a spin is
@@ -27,7 +39,9 @@
 // points the engine's MPI_Iallreduce / MPI_Iallgather / MPI_Test at it.
 #pragma once
 
+#include <dasgd/core/error.hpp>
 #include <mpi.h>
+#include <smpi/smpi.h>
 
 #include <algorithm>
 #include <cstddef>
@@ -45,7 +59,10 @@ enum class allreduce_algorithm { ring, rabenseifner };
 
 struct shim_state {
   bool native = false;  ///< pass the collectives to SMPI's own (for comparison)
-  bool skip_reduction = false;
+  std::size_t shared_threshold = 0;  ///< 0: no buffer is shared
+  int wire_scale = 1;
+  void* wire_scratch = nullptr;  ///< SMPI_SHARED_MALLOC block for scaled messages
+  std::size_t wire_scratch_bytes = 0;
   allreduce_algorithm allreduce = allreduce_algorithm::ring;
   std::uint64_t epoch = 0;  ///< bumped by every simulated compute chunk
   int sequence_key = MPI_KEYVAL_INVALID;
@@ -55,8 +72,25 @@ inline shim_state& state() {
   static shim_state s;
   return s;
 }
-inline void set_skip_reduction(bool skip) { state().skip_reduction = skip; }
+inline void set_shared_threshold(std::size_t bytes) { state().shared_threshold = bytes; }
+/// Whether a collective's buffer of `bytes` is shared memory (contents meaningless).
+inline bool is_shared(std::size_t bytes) {
+  const std::size_t t = state().shared_threshold;
+  return t != 0 && bytes >= t;
+}
 inline void set_native(bool native) { state().native = native; }
+/// Applies to shared buffers only (see set_shared_threshold).
+inline void set_wire_scale(int k) { state().wire_scale = std::max(k, 1); }
+/// At least `bytes` of shared scratch (grown, never shrunk; per rank).
+inline void* wire_scratch(std::size_t bytes) {
+  shim_state& st = state();
+  if (bytes > st.wire_scratch_bytes) {
+    if (st.wire_scratch != nullptr) SMPI_SHARED_FREE(st.wire_scratch);
+    st.wire_scratch = SMPI_SHARED_MALLOC(bytes);
+    st.wire_scratch_bytes = bytes;
+  }
+  return st.wire_scratch;
+}
 /// Rabenseifner is used for power-of-two sizes only (ring otherwise).
 inline void set_allreduce(allreduce_algorithm a) { state().allreduce = a; }
 /// Called after each chunk of simulated compute: tests separated by compute
@@ -88,7 +122,9 @@ inline std::uint32_t next_sequence(MPI_Comm comm) {
 /// receive, followed by local work.
 class schedule {
  public:
-  schedule(MPI_Comm comm, int rounds) : comm_(comm), rounds_(rounds) {
+  /// `shared`: the buffer is shared memory, so its messages follow set_wire_scale.
+  schedule(MPI_Comm comm, int rounds, bool shared = false)
+      : comm_(comm), rounds_(rounds), scale_(shared ? state().wire_scale : 1) {
     tag_ = 0x4000 + static_cast<int>(next_sequence(comm) % 0x3000);
   }
   virtual ~schedule() = default;
@@ -133,13 +169,26 @@ class schedule {
   virtual void finish(int round) = 0;
   virtual void complete() {}
 
+  /// One round's messages; a null buffer (with 0 bytes) posts nothing on that side.
   void exchange(const void* sbuf, int sbytes, int to, void* rbuf, int rbytes, int from) {
-    MPI_Irecv(rbuf, rbytes, MPI_BYTE, from, tag_, comm_, &reqs_[0]);
-    MPI_Isend(sbuf, sbytes, MPI_BYTE, to, tag_, comm_, &reqs_[1]);
+    if (scale_ > 1) {
+      const std::size_t longest = static_cast<std::size_t>(std::max(sbytes, rbytes)) * static_cast<std::size_t>(scale_);
+      DASGD_REQUIRE(longest <= static_cast<std::size_t>(INT32_MAX), config_error, "--wire-scale ", scale_,
+                    ": a message of ", longest, " bytes exceeds an int count");
+      void* scratch = wire_scratch(longest);
+      if (sbuf != nullptr) sbuf = scratch;
+      if (rbuf != nullptr) rbuf = scratch;
+      sbytes *= scale_;
+      rbytes *= scale_;
+    }
+    reqs_[0] = reqs_[1] = MPI_REQUEST_NULL;
+    if (rbuf != nullptr) MPI_Irecv(rbuf, rbytes, MPI_BYTE, from, tag_, comm_, &reqs_[0]);
+    if (sbuf != nullptr) MPI_Isend(sbuf, sbytes, MPI_BYTE, to, tag_, comm_, &reqs_[1]);
   }
 
   MPI_Comm comm_;
   int rounds_;
+  int scale_;
   int tag_ = 0;
 
  private:
@@ -173,13 +222,14 @@ inline std::vector<std::size_t> chunk_offsets(int count, int parts) {
 class ring_allreduce final : public schedule {
  public:
   ring_allreduce(void* buf, int count, MPI_Datatype type, MPI_Op op, MPI_Comm comm, int rank, int size)
-      : schedule(comm, size > 1 ? 2 * (size - 1) : 0),
+      : schedule(comm, size > 1 ? 2 * (size - 1) : 0, is_shared(static_cast<std::size_t>(count) * element_bytes(type))),
         buf_(static_cast<std::byte*>(buf)),
         type_(type),
         op_(op),
         rank_(rank),
         size_(size),
         elem_(element_bytes(type)),
+        shared_(is_shared(static_cast<std::size_t>(count) * elem_)),
         offset_(chunk_offsets(count, size)) {
     const auto n = static_cast<std::size_t>(size);
     std::size_t longest = 0;
@@ -209,7 +259,7 @@ class ring_allreduce final : public schedule {
     }
   }
   void finish(int r) override {
-    if (r >= size_ - 1 || state().skip_reduction) return;
+    if (r >= size_ - 1 || shared_) return;
     int n = len(rank_ - r - 1);
     if (n > 0) MPI_Reduce_local(tmp_.data(), at(rank_ - r - 1), n, type_, op_);
   }
@@ -219,6 +269,7 @@ class ring_allreduce final : public schedule {
   MPI_Op op_;
   int rank_, size_;
   std::size_t elem_ = 1;
+  bool shared_ = false;
   std::vector<std::size_t> offset_;
   std::vector<std::byte> tmp_;
 };
@@ -230,7 +281,7 @@ class ring_allreduce final : public schedule {
 class rabenseifner_allreduce final : public schedule {
  public:
   rabenseifner_allreduce(void* buf, int count, MPI_Datatype type, MPI_Op op, MPI_Comm comm, int rank, int size)
-      : schedule(comm, 2 * log2_of(size)),
+      : schedule(comm, 2 * log2_of(size), is_shared(static_cast<std::size_t>(count) * element_bytes(type))),
         buf_(static_cast<std::byte*>(buf)),
         type_(type),
         op_(op),
@@ -239,6 +290,7 @@ class rabenseifner_allreduce final : public schedule {
         steps_(log2_of(size)),
         hi_(size),
         elem_(element_bytes(type)),
+        shared_(is_shared(static_cast<std::size_t>(count) * elem_)),
         offset_(chunk_offsets(count, size)) {
     const auto c = static_cast<std::size_t>(count);
     tmp_.resize(std::max<std::size_t>((c / 2 + 1) * elem_, 1));  // the first (largest) half
@@ -279,7 +331,7 @@ class rabenseifner_allreduce final : public schedule {
   void finish(int r) override {
     if (r < steps_) {
       const int n = span(keep_lo_, keep_hi_);
-      if (n > 0 && !state().skip_reduction) MPI_Reduce_local(tmp_.data(), at(keep_lo_), n, type_, op_);
+      if (n > 0 && !shared_) MPI_Reduce_local(tmp_.data(), at(keep_lo_), n, type_, op_);
       lo_ = keep_lo_;
       hi_ = keep_hi_;
     } else {
@@ -295,6 +347,7 @@ class rabenseifner_allreduce final : public schedule {
   int lo_ = 0, hi_;  // the chunk window this rank holds reduced
   int keep_lo_ = 0, keep_hi_ = 0, other_lo_ = 0, other_hi_ = 0;
   std::size_t elem_ = 1;
+  bool shared_ = false;
   std::vector<std::size_t> offset_;
   std::vector<std::byte> tmp_;
 };
@@ -339,6 +392,41 @@ class bruck_allgather final : public schedule {
   std::vector<std::byte> tmp_;
 };
 
+/// Binomial-tree broadcast of `bytes` from `root`: in round r, the ranks
+/// that have the data (relative rank < 2^r) send to relative rank + 2^r.
+class binomial_bcast final : public schedule {
+ public:
+  binomial_bcast(void* buf, std::size_t bytes, int root, MPI_Comm comm, int rank, int size)
+      : schedule(comm, rounds_for(size), is_shared(bytes)),
+        buf_(buf),
+        bytes_(static_cast<int>(bytes)),
+        size_(size),
+        root_(root),
+        me_((rank - root + size) % size) {}
+
+ private:
+  static int rounds_for(int n) {
+    int r = 0;
+    while ((1 << r) < n) ++r;
+    return r;
+  }
+  int real(int relative) const { return (relative + root_) % size_; }
+  void post(int r) override {
+    const int dist = 1 << r;
+    if (me_ < dist && me_ + dist < size_)
+      exchange(buf_, bytes_, real(me_ + dist), nullptr, 0, 0);
+    else if (me_ >= dist && me_ < 2 * dist)
+      exchange(nullptr, 0, 0, buf_, bytes_, real(me_ - dist));
+    else
+      exchange(nullptr, 0, 0, nullptr, 0, 0);
+  }
+  void finish(int) override {}
+
+  void* buf_;
+  int bytes_;
+  int size_, root_, me_;
+};
+
 inline MPI_Request to_request(schedule* s) {
   state().live.insert(s);
   return reinterpret_cast<MPI_Request>(s);
@@ -373,6 +461,17 @@ inline int iallgather(const void* send, int scount, MPI_Datatype stype, void* re
   const void* mine = send == MPI_IN_PLACE ? static_cast<const std::byte*>(recv) + block * static_cast<std::size_t>(rank)
                                           : send;
   auto* s = new bruck_allgather(mine, recv, block, comm, rank, size);
+  *req = to_request(s);
+  s->advance(false);
+  return MPI_SUCCESS;
+}
+
+inline int ibcast(void* buf, int count, MPI_Datatype type, int root, MPI_Comm comm, MPI_Request* req) {
+  if (state().native) return MPI_Ibcast(buf, count, type, root, comm, req);
+  int rank = 0, size = 0;
+  MPI_Comm_rank(comm, &rank);
+  MPI_Comm_size(comm, &size);
+  auto* s = new binomial_bcast(buf, static_cast<std::size_t>(count) * element_bytes(type), root, comm, rank, size);
   *req = to_request(s);
   s->advance(false);
   return MPI_SUCCESS;

@@ -36,6 +36,18 @@ double max_rel(const std::vector<vec>& a, const std::vector<vec>& b) {
   return e;
 }
 
+/// Every way of averaging across groups: the chain on the helper thread,
+/// the chain driven by the caller's test()/wait(), one world allreduce.
+const std::vector<comm::hierarchical_options> all_outer = {
+    {comm::outer_average::chained, comm::chain_progress::helper_thread},
+    {comm::outer_average::chained, comm::chain_progress::caller},
+    {comm::outer_average::world, comm::chain_progress::helper_thread},
+};
+
+std::string name_of(const comm::hierarchical_options& h) {
+  return std::string(comm::to_string(h.outer)) + "/" + comm::to_string(h.progress);
+}
+
 policy::hierarchical to_policy(const two_level& s) {
   return {.tau = s.tau, .delay = s.delay, .outer_every = s.outer_every, .outer_delay = s.outer_delay};
 }
@@ -82,18 +94,126 @@ TEST_CASE("hierarchical DaSGD equals the float64 two-level reference (in-process
       {.tau = 2, .delay = 1, .outer_every = 1, .outer_delay = 1},  // flat DaSGD
       {.tau = 1, .delay = 0, .outer_every = 4, .outer_delay = 0},
   };
-  for (const auto outer : {comm::outer_average::chained, comm::outer_average::world}) {
+  for (const auto& outer : all_outer) {
     for (const auto& groups : layouts) {
       for (const auto& s : schedules) {
-        CAPTURE(std::string(comm::to_string(outer)));
+        CAPTURE(name_of(outer));
         CAPTURE(groups.size());
         CAPTURE(groups[1]);
         CAPTURE(s.tau);
         CAPTURE(s.outer_every);
         const auto expect = simulate(groups, 25, s);
-        CHECK(max_rel(train<double>(groups, 25, s, {outer}), expect) < 1e-12);
+        CHECK(max_rel(train<double>(groups, 25, s, outer), expect) < 1e-12);
         // float storage: the averages and the momentum round at every step
-        CHECK(max_rel(train<float>(groups, 25, s, {outer}), expect) < 1e-4);
+        CHECK(max_rel(train<float>(groups, 25, s, outer), expect) < 1e-4);
+      }
+    }
+  }
+}
+
+TEST_CASE("an across-groups average agrees like a flat one: proposals' range, the lowest world rank's status") {
+  // Per rank (world order): proposal, status, detail. Chained averages
+  // carry a group's figures over the leaders: when each group agrees
+  // within itself and no rank has a status, in the data average's
+  // signature alone; otherwise in the leaders' second, tiny average.
+  struct scenario {
+    std::vector<int> groups;
+    std::vector<std::int64_t> proposal;
+    std::vector<std::uint32_t> status, detail;
+    collective_agreement expect;
+  };
+  const std::uint32_t bad = status_code::nonfinite_snapshot;
+  const std::vector<scenario> scenarios = {
+      {{0, 0, 1, 1}, {3, 3, 3, 3}, {0, 0, 0, 0}, {0, 0, 0, 0}, {3, 3, -1, 0, 0}},
+      {{0, 0, 1, 1}, {1, 1, 4, 4}, {0, 0, 0, 0}, {0, 0, 0, 0}, {1, 4, -1, 0, 0}},       // groups differ
+      {{0, 0, 1, 1}, {5, 2, 7, 7}, {0, 0, 0, 0}, {0, 0, 0, 0}, {2, 7, -1, 0, 0}},       // a group differs within
+      {{0, 0, 1, 1}, {2, 2, 2, 2}, {0, 0, 0, bad}, {0, 0, 0, 9}, {2, 2, 3, bad, 9}},    // group 1's member 1
+      {{0, 1, 0, 1}, {4, 0, 4, 0}, {0, bad, bad, 0}, {0, 5, 6, 0}, {0, 4, 1, bad, 5}},  // group 1 holds rank 1
+      {{5, 5, 5, 2, 2, 2}, {1, 2, 3, 1, 1, 1}, {0, 0, 0, 0, 0, bad}, {0, 0, 0, 0, 0, 2}, {1, 3, 5, bad, 2}},
+  };
+  for (const auto& outer : all_outer) {
+    for (const auto& sc : scenarios) {
+      CAPTURE(name_of(outer));
+      CAPTURE(sc.proposal[1]);
+      CAPTURE(sc.groups[1]);
+      comm::inproc_hierarchy hier(sc.groups, {}, outer);
+      std::vector<collective_agreement> got(sc.groups.size());
+      std::vector<double> out(sc.groups.size());
+      comm::run_workers(hier, [&](comm::inproc_hierarchy::communicator_type c) {
+        const auto r = static_cast<std::size_t>(c.rank());
+        std::vector<double> send{static_cast<double>(r)}, recv(1);
+        collective_signature sig;
+        sig.scope = comm::world_scope;
+        sig.proposal = sc.proposal[r];
+        sig.status = sc.status[r];
+        sig.status_detail = sc.detail[r];
+        auto req = c.iallreduce_average(std::span<const double>(send), std::span<double>(recv), sig);
+        while (!req.test()) std::this_thread::yield();  // test() alone finishes it (caller mode too)
+        req.wait();
+        got[r] = req.agreement();
+        out[r] = recv[0];
+      });
+      const double mean = static_cast<double>(sc.groups.size() - 1) / 2.0;
+      for (std::size_t r = 0; r < sc.groups.size(); ++r) {
+        CAPTURE(r);
+        CHECK(out[r] == doctest::Approx(mean));
+        CHECK(got[r].min_proposal == sc.expect.min_proposal);
+        CHECK(got[r].max_proposal == sc.expect.max_proposal);
+        CHECK(got[r].status_rank == sc.expect.status_rank);
+        CHECK(got[r].status == sc.expect.status);
+        CHECK(got[r].status_detail == sc.expect.status_detail);
+      }
+    }
+  }
+}
+
+TEST_CASE("a non-finite snapshot is reported on every rank in scope, naming its world rank") {
+  // tau 2, delay 1, outer every 2nd round: round 0 (steps 0-1) averages in
+  // the groups, round 1 (steps 2-3) across them; their merges are at steps
+  // 2 and 4. The NaN ranks' gradient is NaN at the chosen round's last
+  // step, so its snapshot is the first that holds a NaN; the guard skips
+  // the merge of that round.
+  struct scenario {
+    bool across_groups;
+    std::vector<int> nan_ranks;
+    std::vector<int> expect_rank;  // per rank: nonfinite_rank at the round's merge step (-1: merged)
+  };
+  const std::vector<scenario> scenarios = {
+      {false, {3}, {-1, -1, 3, 3}},  // a group round: only group 1 sees rank 3 (its member 1)
+      {true, {3}, {3, 3, 3, 3}},     // across groups: the leaders carry rank 3 to group 0
+      {true, {1, 3}, {1, 1, 1, 1}},  // the lowest rank, from group 0's member 1
+  };
+  for (const auto& outer : all_outer) {
+    for (const auto& sc : scenarios) {
+      CAPTURE(name_of(outer));
+      CAPTURE(sc.across_groups);
+      CAPTURE(sc.nan_ranks.size());
+      comm::inproc_hierarchy hier({0, 0, 1, 1}, {}, outer);
+      std::vector<int> seen(4, -2);
+      comm::run_workers(hier, [&](comm::inproc_hierarchy::communicator_type c) {
+        const int r = c.rank();
+        std::vector<float> w(4, 1.0f), g(4, 0.1f);
+        trainer_options o;
+        o.nonfinite = nonfinite_guard::skip_merge;
+        o.warning = [](const std::string&) {};
+        delayed_averager tr(make_tensor_list(w), std::move(c),
+                            policy::hierarchical{.tau = 2, .delay = 1, .outer_every = 2, .outer_delay = 1},
+                            optim::sgd{.lr = 0.1}, merge::mix{}, host_backend{}, o);
+        const int poisoned_step = sc.across_groups ? 3 : 1, merge_step = poisoned_step + 1;
+        const bool poisons = std::find(sc.nan_ranks.begin(), sc.nan_ranks.end(), r) != sc.nan_ranks.end();
+        for (int k = 0; k <= merge_step; ++k) {
+          std::fill(g.begin(), g.end(), poisons && k == poisoned_step ? std::nanf("") : 0.1f);
+          const step_report rep = tr.step(std::span<const float>(g));
+          if (k < merge_step) CHECK(!rep.merge_skipped);
+          if (k == merge_step) {
+            CHECK(rep.merged != rep.merge_skipped);  // this step consumes the round's average
+            seen[static_cast<std::size_t>(r)] = rep.merge_skipped ? rep.nonfinite_rank : -1;
+          }
+        }
+      });
+      for (int r = 0; r < 4; ++r) {
+        CAPTURE(r);
+        CHECK(seen[static_cast<std::size_t>(r)] == sc.expect_rank[static_cast<std::size_t>(r)]);
       }
     }
   }
@@ -223,9 +343,11 @@ TEST_CASE("an unknown scope and a bad schedule are config errors naming the valu
 }
 
 TEST_CASE("a stalled group member fails every rank within the timeout") {
+  for (const auto& outer : all_outer)
   for (const bool in_outer_round : {false, true}) {
+    CAPTURE(name_of(outer));
     CAPTURE(in_outer_round);
-    comm::inproc_hierarchy hier({0, 0, 1, 1}, comm::inproc_options{.timeout = 300ms});
+    comm::inproc_hierarchy hier({0, 0, 1, 1}, comm::inproc_options{.timeout = 300ms}, outer);
     std::vector<std::string> seen(4);
     std::vector<double> after(4, -1.0);
     const auto t0 = std::chrono::steady_clock::now();
@@ -268,9 +390,11 @@ TEST_CASE("a stalled group member fails every rank within the timeout") {
       CHECK(after[static_cast<std::size_t>(r)] < 1.2);  // well before rank 3 wakes up
     }
     // Rank 2 waited for rank 3 in their group: the error names the group's
-    // world ranks and the group rank that never joined.
+    // world ranks and the group rank that never joined (the world rank,
+    // where the world communicator averages across groups).
     CAPTURE(seen[2]);
-    CHECK(seen[2].find("rank(s) 1 never joined") != std::string::npos);
+    const bool world_average = outer.outer == comm::outer_average::world && in_outer_round;
+    CHECK(seen[2].find(world_average ? "rank(s) 3 never joined" : "rank(s) 1 never joined") != std::string::npos);
     CHECK(seen[2].find("group 1") != std::string::npos);
   }
 }

@@ -70,13 +70,16 @@ TEST_CASE("two groups of MPI ranks train like the float64 two-level reference") 
   const h::two_level s{.tau = 3, .delay = 1, .outer_every = 2, .outer_delay = 2};
   const auto expect = h::simulate(groups, 25, s);
   for (const auto progress : all_progress_modes) {
-    for (const auto outer : {dasgd::comm::outer_average::chained, dasgd::comm::outer_average::world}) {
+    for (const dasgd::comm::hierarchical_options outer :
+         {dasgd::comm::hierarchical_options{dasgd::comm::outer_average::chained, dasgd::comm::chain_progress::helper_thread},
+          dasgd::comm::hierarchical_options{dasgd::comm::outer_average::chained, dasgd::comm::chain_progress::caller},
+          dasgd::comm::hierarchical_options{dasgd::comm::outer_average::world}}) {
       CAPTURE(name_of(progress));
-      CAPTURE(std::string(dasgd::comm::to_string(outer)));
+      CAPTURE(std::string(dasgd::comm::to_string(outer.outer)));
+      CAPTURE(std::string(dasgd::comm::to_string(outer.progress)));
       auto make = [&] {
         return dasgd::comm::mpi_hierarchy_by_colour(groups[static_cast<std::size_t>(me)],
-                                                    MPI_COMM_WORLD, test_options(progress),
-                                                    {outer});
+                                                    MPI_COMM_WORLD, test_options(progress), outer);
       };
       {
         auto c = make();

@@ -23,19 +23,25 @@
 // A flat allreduce over the world lets every rank send over the slow link,
 // and more in all: with OpenMPI 4.1 and 2 nodes x 2 ranks, 1.5x the bytes
 // of the chain (measured, docs/beyond.md). outer_average::world keeps that
-// path (to compare, and for groups of different sizes). The chain runs on a helper thread
-// of this communicator, so it advances while the worker computes: the
-// trainer polls once per step, which would leave the slow stage waiting for
-// the next poll. With one average in flight at a time (the trainer's
-// invariant) the helper and the caller never use a sub-communicator at the
-// same time; every call first waits for the helper to be idle.
+// path (to compare, and for groups of different sizes). The chain
+// (comm/detail/hierarchical_chain.hpp) runs on a helper thread of this
+// communicator by default (chain_progress::helper_thread), so it advances
+// while the worker computes: the trainer polls once per step, which would
+// leave the slow stage waiting for the next poll. With one average in flight
+// at a time (the trainer's invariant) the helper and the caller never use a
+// sub-communicator at the same time; every call first waits for the helper
+// to be idle. chain_progress::caller runs no thread: the chain advances in
+// the request's test() and wait() and in progress(), which a caller may run
+// between chunks of its own work (an MPI without MPI_THREAD_MULTIPLE with
+// test-mode progress, a simulator that cannot host threads).
 //
 // Agreement (what the ranks' signatures combine to) spans the collective's
 // scope: a group round agrees within the group, an across-groups round
 // over every rank (the leaders carry their group's result across: the
 // max proposal and status in the leaders' signature, the min proposal and
-// the status rank in one allgather, then a 6-number broadcast back into the
-// group). Ranks are world ranks in every agreement and error message.
+// the status rank in a second, one-double-per-group average, then a
+// 6-number broadcast back into the group). Ranks are world ranks in every
+// agreement and error message.
 //
 // Errors: a mismatch on a sub-communicator fails that collective on all of
 // its ranks, with the group, the world rank and the stage prepended. A
@@ -48,12 +54,10 @@
 #pragma once
 
 #include <algorithm>
-#include <array>
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
 #include <functional>
-#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -69,6 +73,7 @@
 #include "../core/error.hpp"
 #include "../core/precision.hpp"
 #include "../core/tensor.hpp"
+#include "detail/hierarchical_chain.hpp"
 #include "scopes.hpp"
 
 namespace dasgd::comm {
@@ -83,8 +88,19 @@ inline const char* to_string(outer_average o) {
   return o == outer_average::chained ? "chained" : "world";
 }
 
+/// What drives a chained average between the caller's calls.
+enum class chain_progress {
+  helper_thread,  ///< a thread of the communicator: the slow stage starts as soon as the group's is done
+  caller,         ///< no thread: the request's test()/wait() and progress() advance it
+};
+
+inline const char* to_string(chain_progress p) {
+  return p == chain_progress::helper_thread ? "helper_thread" : "caller";
+}
+
 struct hierarchical_options {
   outer_average outer = outer_average::chained;
+  chain_progress progress = chain_progress::helper_thread;
 };
 
 /// Where every world rank sits; the same on every rank (checked).
@@ -97,29 +113,6 @@ struct hierarchy_layout {
 };
 
 namespace detail {
-
-/// Rethrows the exception being handled with `prefix` before its message,
-/// keeping its dasgd type (a timeout stays a timeout).
-[[noreturn]] inline void rethrow_with_context(const std::string& prefix) {
-  using ::dasgd::detail::located_t;
-  try {
-    throw;
-  } catch (const timeout_error& e) {
-    throw timeout_error(located_t{}, prefix + e.what(), e.file(), e.line());
-  } catch (const comm_error& e) {
-    throw comm_error(located_t{}, prefix + e.what(), e.file(), e.line());
-  } catch (const size_mismatch_error& e) {
-    throw size_mismatch_error(located_t{}, prefix + e.what(), e.file(), e.line());
-  } catch (const config_error& e) {
-    throw config_error(located_t{}, prefix + e.what(), e.file(), e.line());
-  } catch (const state_error& e) {
-    throw state_error(located_t{}, prefix + e.what(), e.file(), e.line());
-  } catch (const nonfinite_error& e) {
-    throw nonfinite_error(located_t{}, prefix + e.what(), e.file(), e.line());
-  } catch (const std::exception& e) {
-    throw comm_error(prefix + e.what(), __FILE__, __LINE__);
-  }
-}
 
 /// One across-groups average handed to the helper thread.
 struct hier_job {
@@ -208,9 +201,6 @@ class hier_helper {
   std::thread thread_;  // last: starts once the rest exists
 };
 
-/// Error codes of the stage-3 information broadcast.
-enum class hier_failure : int { none = 0, comm = 1, timeout = 2, other = 3 };
-
 template <class Sub>
 struct hier_state {
   hier_state(Sub w, Sub g, std::optional<Sub> l, hierarchical_options o)
@@ -220,10 +210,22 @@ struct hier_state {
   std::optional<Sub> leaders;
   hierarchical_options options;
   hierarchy_layout layout;
-  std::unique_ptr<hier_helper> helper;  // chained only; declared last: joined first
+  // chain_progress::caller: the latest chain, kept (even when its request is
+  // dropped) until the next one starts, so that it is finished before any
+  // other collective and its buffers outlive what its sub-requests write.
+  std::shared_ptr<hier_chain_base> current;
+  std::unique_ptr<hier_helper> helper;  // chained, helper_thread only; declared last: joined first
 
+  /// Returns once no chain uses the sub-communicators: collectives on them
+  /// must be issued in the same order on every rank.
   void wait_idle() {
     if (helper) helper->wait_idle();
+    if (current && !current->finished()) {
+      try {
+        current->poll(true);
+      } catch (...) {  // latched: the chain's request raises it
+      }
+    }
   }
   int world_rank_in_group(int group_rank) const {
     if (group_rank < 0) return -1;
@@ -245,6 +247,7 @@ class hierarchical_request {
 
   bool test() {
     if (job_) return job_->test();
+    if (chain_) return chain_->poll(false);
     try {
       return direct_->test();
     } catch (...) {
@@ -253,6 +256,10 @@ class hierarchical_request {
   }
   void wait() {
     if (job_) return job_->wait();
+    if (chain_) {
+      chain_->poll(true);
+      return;
+    }
     try {
       direct_->wait();
     } catch (...) {
@@ -262,6 +269,7 @@ class hierarchical_request {
   /// What the ranks in the collective's scope agreed on; ranks are world ranks.
   collective_agreement agreement() const {
     if (job_) return job_->agreement;
+    if (chain_) return chain_->agreement();
     collective_agreement a = direct_->agreement();
     if (in_group_) a.status_rank = state_->world_rank_in_group(a.status_rank);
     return a;
@@ -273,6 +281,8 @@ class hierarchical_request {
       : state_(std::move(s)), direct_(std::move(r)), in_group_(in_group) {}
   hierarchical_request(std::shared_ptr<detail::hier_state<Sub>> s, std::shared_ptr<detail::hier_job> j)
       : state_(std::move(s)), job_(std::move(j)) {}
+  hierarchical_request(std::shared_ptr<detail::hier_state<Sub>> s, std::shared_ptr<detail::hier_chain_base> c)
+      : state_(std::move(s)), chain_(std::move(c)) {}
 
   /// A sub-communicator names its own ranks: say which group and world rank.
   [[noreturn]] void rethrow() const {
@@ -290,7 +300,8 @@ class hierarchical_request {
 
   std::shared_ptr<detail::hier_state<Sub>> state_;  // keeps the sub-communicators alive
   std::optional<inner_request> direct_;
-  std::shared_ptr<detail::hier_job> job_;
+  std::shared_ptr<detail::hier_job> job_;      // chain_progress::helper_thread
+  std::shared_ptr<detail::hier_chain_base> chain_;  // chain_progress::caller (the communicator holds it too)
   bool in_group_ = false;
 };
 
@@ -313,7 +324,7 @@ class hierarchical_communicator {
       : state_(std::make_shared<detail::hier_state<Sub>>(std::move(world), std::move(group),
                                                          std::move(leaders), options)) {
     check_layout();
-    if (options.outer == outer_average::chained)
+    if (options.outer == outer_average::chained && options.progress == chain_progress::helper_thread)
       state_->helper = std::make_unique<detail::hier_helper>();
   }
 
@@ -347,15 +358,57 @@ class hierarchical_communicator {
                   " (this rank's group) exist");
     if (s.options.outer == outer_average::world)
       return request_type(state_, s.world.iallreduce_average(send, recv, sig), false);
-    auto job = std::make_shared<detail::hier_job>();
     using V = std::remove_cv_t<T>;
-    const V* in = send.data();
-    V* out = recv.data();
-    const std::size_t n = send.size();
-    detail::hier_state<Sub>* raw = state_.get();  // the job must not own the state it runs in
-    job->run = [raw, in, out, n, sig] { return chain<V>(*raw, in, out, n, sig); };
+    // The chain refers to the state (the request keeps it alive), not owns it.
+    auto chain = std::make_shared<detail::hier_chain<detail::hier_state<Sub>, V>>(s, send.data(), recv.data(),
+                                                                                 send.size(), sig);
+    if (!s.helper) {
+      s.current = chain;
+      chain->poll(false);  // starts the group average now; a failure to start is thrown here
+      return request_type(state_, std::shared_ptr<detail::hier_chain_base>(std::move(chain)));
+    }
+    auto job = std::make_shared<detail::hier_job>();
+    job->run = [chain] {
+      chain->poll(true);
+      return chain->agreement();
+    };
     s.helper->submit(job);
     return request_type(state_, std::move(job));
+  }
+
+  /// One pass of progress without blocking: the chained average in flight
+  /// (chain_progress::caller) and the sub-communicators' own progress()
+  /// where they have one (mpi_communicator in test mode). True when
+  /// something advanced. A chain's failure is raised by its request.
+  bool progress() {
+    auto& s = *state_;
+    bool moved = false;
+    if (s.current && !s.current->finished()) {
+      try {
+        moved = s.current->poll(false);
+      } catch (...) {  // latched: the chain's request raises it
+        moved = true;
+      }
+    }
+    if constexpr (requires(Sub& x) { x.progress(); }) {
+      moved = s.world.progress() || moved;
+      moved = s.group.progress() || moved;
+      if (s.leaders) moved = s.leaders->progress() || moved;
+    }
+    return moved;
+  }
+
+  /// Collectives in flight on the sub-communicators, plus an unfinished
+  /// chained average (which may be between two stages, with none of its own
+  /// in flight).
+  std::size_t collectives_in_flight() const
+    requires requires(const Sub& x) { x.collectives_in_flight(); }
+  {
+    const auto& s = *state_;
+    std::size_t n = s.world.collectives_in_flight() + s.group.collectives_in_flight();
+    if (s.leaders) n += s.leaders->collectives_in_flight();
+    if (s.current && !s.current->finished()) ++n;
+    return n;
   }
 
   /// recv = world rank `root`'s send on every rank. Only world_scope.
@@ -382,109 +435,6 @@ class hierarchical_communicator {
       detail::rethrow_with_context(::dasgd::detail::concat(
           "hierarchical ", stage, " (group ", group(), ", world rank ", rank(), "): "));
     }
-  }
-
-  /// The three stages of an across-groups average (helper thread).
-  template <class V>
-  static collective_agreement chain(detail::hier_state<Sub>& s, const V* in, V* out,
-                                    std::size_t n, collective_signature sig) {
-    const auto& L = s.layout;
-    const int me = s.world.rank();
-    const auto where = [&](const char* stage) {
-      return ::dasgd::detail::concat("hierarchical average #", sig.sequence, ", ", stage,
-                                     " (group ", L.group, ", world rank ", me, "): ");
-    };
-    const std::span<V> buf(out, n);
-    const std::span<const V> cbuf(out, n);
-    collective_agreement a1;
-    try {  // 1. the group mean, on every member (a failure here is seen by the whole group)
-      auto r = s.group.iallreduce_average(std::span<const V>(in, n), buf, sig);
-      r.wait();
-      a1 = r.agreement();
-    } catch (...) {
-      detail::rethrow_with_context(where("stage 1, group average"));
-    }
-    // info: failure, min proposal, max proposal, status world rank, status, detail
-    std::array<double, 6> info{};
-    ::dasgd::detail::error_record leader_error;
-    if (s.leaders) {
-      try {  // 2. the leaders average the group means over the slow link
-        collective_signature s2 = sig;
-        s2.proposal = a1.max_proposal;
-        s2.status = a1.status;
-        s2.status_detail = a1.status_detail;
-        auto r = s.leaders->iallreduce_average(cbuf, buf, s2);
-        r.wait();
-        const collective_agreement a2 = r.agreement();
-        // The signature carried max and status; the min and the member that
-        // set the status travel in one word per group. Proposals are delays:
-        // clamping to 32 bits changes nothing a schedule can hold.
-        const auto lo = static_cast<std::int32_t>(std::clamp<std::int64_t>(
-            a1.min_proposal, std::numeric_limits<std::int32_t>::min(),
-            std::numeric_limits<std::int32_t>::max()));
-        const std::uint64_t word = (std::uint64_t{static_cast<std::uint32_t>(lo)} << 32) |
-                                   static_cast<std::uint32_t>(a1.status_rank + 1);
-        const auto words = s.leaders->allgather(word);
-        std::int64_t mn = std::numeric_limits<std::int64_t>::max();
-        for (auto w : words) mn = std::min<std::int64_t>(mn, static_cast<std::int32_t>(w >> 32));
-        int status_rank = -1;
-        if (a2.status_rank >= 0) {
-          const auto g = static_cast<std::size_t>(a2.status_rank);
-          const int member = static_cast<int>(words[g] & 0xFFFFFFFFu) - 1;
-          status_rank = member < 0 ? -1 : L.members[g][static_cast<std::size_t>(member)];
-        }
-        info = {0.0, static_cast<double>(mn), static_cast<double>(a2.max_proposal),
-                static_cast<double>(status_rank), static_cast<double>(a2.status),
-                static_cast<double>(a2.status_detail)};
-      } catch (...) {
-        leader_error = ::dasgd::detail::error_record::from(std::current_exception());
-        const auto kind = leader_error.kind() == ::dasgd::detail::error_record::type::timeout
-                              ? detail::hier_failure::timeout
-                              : leader_error.kind() == ::dasgd::detail::error_record::type::comm
-                                    ? detail::hier_failure::comm
-                                    : detail::hier_failure::other;
-        info = {static_cast<double>(kind), 0, 0, -1, 0, 0};
-      }
-    }
-    try {  // 3. the leader's result (or its failure) to the whole group
-      auto r = s.group.ibroadcast(cbuf, buf, 0, sig);
-      const std::span<const double> cinfo(info.data(), info.size());
-      auto q = s.group.ibroadcast(cinfo, std::span<double>(info.data(), info.size()), 0, sig);
-      r.wait();
-      q.wait();
-    } catch (...) {
-      if (leader_error) {
-        try {
-          leader_error.raise();
-        } catch (...) {
-          detail::rethrow_with_context(where("stage 2, leaders' average"));
-        }
-      }
-      detail::rethrow_with_context(where("stage 3, group broadcast"));
-    }
-    if (leader_error) {
-      try {
-        leader_error.raise();
-      } catch (...) {
-        detail::rethrow_with_context(where("stage 2, leaders' average"));
-      }
-    }
-    const auto failure = static_cast<detail::hier_failure>(static_cast<int>(info[0]));
-    if (failure != detail::hier_failure::none) {
-      const std::string msg = ::dasgd::detail::concat(
-          where("stage 2, leaders' average"), "the leader of group ", L.group, " (world rank ",
-          L.members[static_cast<std::size_t>(L.group)][0],
-          ") failed to average across groups; its own error names the cause");
-      if (failure == detail::hier_failure::timeout) throw timeout_error(msg, __FILE__, __LINE__);
-      throw comm_error(msg, __FILE__, __LINE__);
-    }
-    collective_agreement a;
-    a.min_proposal = static_cast<std::int64_t>(info[1]);
-    a.max_proposal = static_cast<std::int64_t>(info[2]);
-    a.status_rank = static_cast<int>(info[3]);
-    a.status = static_cast<std::uint32_t>(info[4]);
-    a.status_detail = static_cast<std::uint32_t>(info[5]);
-    return a;
   }
 
   /// Gathers every rank's place and checks it; every rank sees the same
