@@ -3,7 +3,11 @@
 // end (mpi_environment aborts it instead of hanging in MPI_Finalize with a
 // collective stranded). Run by run_stall_job.cmake, which times the job.
 //
-//   mpiexec -n N mpi_stall_job <thread|test> <timeout_ms>
+//   mpiexec -n N mpi_stall_job <thread|test> <timeout_ms> [skew_ms]
+//
+// skew_ms: rank 0's timeout is that much longer than the others'. The
+// first rank to time out aborts the job; rank 0 must still report its own
+// timeout_error first (mpi_environment's abort grace).
 #include <dasgd/comm/mpi.hpp>
 #include <dasgd/dasgd.hpp>
 
@@ -17,11 +21,13 @@
 int main(int argc, char** argv) {
   dasgd::comm::mpi_environment env(argc, argv);
   const bool thread = argc > 1 && std::strcmp(argv[1], "test") != 0;
-  const auto timeout = std::chrono::milliseconds(argc > 2 ? std::atoi(argv[2]) : 2000);
+  const auto skew = std::chrono::milliseconds(argc > 3 ? std::atoi(argv[3]) : 0);
   int rank = 0, size = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   const int stalled = size - 1;
+  auto timeout = std::chrono::milliseconds(argc > 2 ? std::atoi(argv[2]) : 2000);
+  if (rank == 0) timeout += skew;
 
   dasgd::comm::mpi_options o;
   o.progress = thread ? dasgd::comm::mpi_progress::thread : dasgd::comm::mpi_progress::test;

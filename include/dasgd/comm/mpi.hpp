@@ -42,6 +42,7 @@
 #include <cstdlib>
 #include <memory>
 #include <span>
+#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -83,11 +84,18 @@ struct mpi_options {
 /// one of them timed out). If a collective is then still in MPI's hands (a
 /// peer stalled or died and never joined it), MPI_Finalize would wait for
 /// it forever: the destructor prints why and calls MPI_Abort instead, which
-/// ends every process of the job. Code that finalizes MPI itself can ask
+/// ends every process of the job. It first waits `abort_grace` (default
+/// 1 s): MPI_Abort kills every rank at once, and the peers whose own
+/// timeouts fire a moment later would otherwise die before they report
+/// their error. Code that finalizes MPI itself can ask
 /// stranded_collectives() first and abort the same way.
 class mpi_environment {
  public:
-  mpi_environment(int& argc, char**& argv) {
+  explicit mpi_environment(int& argc, char**& argv,
+                           std::chrono::milliseconds abort_grace = std::chrono::seconds(1))
+      : abort_grace_(abort_grace) {
+    DASGD_REQUIRE(abort_grace.count() >= 0, config_error, "mpi_environment: abort_grace must be >= 0, got ",
+                  abort_grace.count(), " ms");
     DASGD_REQUIRE(!detail::mpi_is_finalized(), config_error,
                   "MPI was already finalized; it cannot be initialized again");
     if (detail::mpi_is_initialized()) {
@@ -109,9 +117,10 @@ class mpi_environment {
       std::fprintf(stderr,
                    "dasgd: rank %d: %zu collective(s) never completed (a peer stalled or died); "
                    "MPI_Finalize would wait for them forever, so the job is aborted "
-                   "(MPI_Abort, exit code %d)\n",
-                   rank, n, stranded_exit_code);
+                   "(MPI_Abort, exit code %d, in %lld ms)\n",
+                   rank, n, stranded_exit_code, static_cast<long long>(abort_grace_.count()));
       std::fflush(stderr);
+      std::this_thread::sleep_for(abort_grace_);  // the other ranks' own errors first
       MPI_Abort(MPI_COMM_WORLD, stranded_exit_code);
     }
     MPI_Finalize();
@@ -135,6 +144,7 @@ class mpi_environment {
   bool owns_mpi() const noexcept { return owns_; }
 
  private:
+  std::chrono::milliseconds abort_grace_;
   int level_ = MPI_THREAD_SINGLE;
   bool owns_ = false;
 };
