@@ -12,6 +12,7 @@
 #include <dasgd/policy/hierarchical.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -145,4 +146,28 @@ TEST_CASE("a group round meeting an across-groups round fails the whole group") 
   } else {
     CHECK(m.empty());
   }
+}
+
+TEST_CASE("without a thread, progress() alone carries an across-groups average to its end") {
+  // Test-mode sub-communicators and chain_progress::caller: nothing runs
+  // between the caller's calls. progress() (what a trainer calls between
+  // chunks of its work) must take the chain through its three stages, so
+  // that test() finds it done; collectives_in_flight() counts the chain
+  // until then.
+  const auto groups = two_groups();
+  auto c = dasgd::comm::mpi_hierarchy_by_colour(
+      groups[static_cast<std::size_t>(world_rank())], MPI_COMM_WORLD, test_options(dasgd::comm::mpi_progress::test),
+      {dasgd::comm::outer_average::chained, dasgd::comm::chain_progress::caller});
+  std::vector<double> x(1000, static_cast<double>(world_rank())), y(1000, -1.0);
+  dasgd::collective_signature sig;
+  sig.scope = dasgd::comm::world_scope;
+  auto q = c.iallreduce_average(std::span<const double>(x), std::span<double>(y), sig);
+  CHECK(c.collectives_in_flight() >= 1);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (c.collectives_in_flight() != 0 && std::chrono::steady_clock::now() < deadline) c.progress();
+  CHECK(c.collectives_in_flight() == 0);
+  CHECK(q.test());
+  const double mean = (world_size() - 1) / 2.0;
+  CHECK(y.front() == doctest::Approx(mean));
+  CHECK(y.back() == doctest::Approx(mean));
 }
