@@ -55,11 +55,17 @@ def validation(sweep, real):
                                          int(r["payload_bytes"]), link)
         m = statistics.median(meas)
         smpi = float(r["step_ms"])
+        # The real compute-only step includes the host's update pass and the
+        # sleep's overshoot, which cost no simulated time: efficiencies
+        # compare what is left.
+        base = [float(x["step_ms"]) for x in real if x["label"] == r["label"] and x["algorithm"] == "compute"]
+        real_eff = statistics.median(base) / m if base else math.nan
         delays = sorted({x["delay"] for x in real if x["label"] == r["label"] and x["algorithm"] == r["algorithm"]})
         out.append({"link": rate, "ranks": n, "compute_ms": c, "algorithm": r["algorithm"],
                     "real_ms": round(m, 3), "real_reps": len(meas), "smpi_ms": round(smpi, 3),
                     "smpi_error": round((smpi - m) / m, 4), "model_ms": round(model_s * 1e3, 3),
                     "model_error": round((model_s * 1e3 - m) / m, 4), "smpi_delay": r["delay"],
+                    "real_efficiency": round(real_eff, 4), "smpi_efficiency": round(float(r["efficiency"]), 4),
                     "real_delays": "/".join(delays)})
     return out
 
@@ -110,20 +116,24 @@ def main():
             w.writeheader()
             w.writerows(val)
         md += ["## Validation: SMPI vs real ranks on the emulated link", "",
-               "| link | ranks | compute ms | algorithm | real ms | SMPI ms | SMPI error | model ms | model error |",
-               "|---|---|---|---|---|---|---|---|---|"]
+               "| link | ranks | compute ms | algorithm | real ms | SMPI ms | SMPI error | model ms | model error "
+               "| real efficiency | SMPI efficiency |",
+               "|---|---|---|---|---|---|---|---|---|---|---|"]
         for v in val:
             alg = v["algorithm"]
             if alg == "adaptive":
                 alg += f" (d: SMPI {v['smpi_delay']}, real {v['real_delays']})"
             md.append(f"| {v['link']} | {v['ranks']} | {v['compute_ms']:.0f} | {alg} | {v['real_ms']:.1f} | "
                       f"{v['smpi_ms']:.1f} | {100 * v['smpi_error']:+.1f} % | {v['model_ms']:.1f} | "
-                      f"{100 * v['model_error']:+.1f} % |")
+                      f"{100 * v['model_error']:+.1f} % | {fmt(v['real_efficiency'])} | "
+                      f"{fmt(v['smpi_efficiency'])} |")
         errs = [abs(v["smpi_error"]) for v in val]
         merrs = [abs(v["model_error"]) for v in val]
+        effs = [abs(v["smpi_efficiency"] - v["real_efficiency"]) for v in val]
         md += ["", f"SMPI: median |error| {100 * statistics.median(errs):.1f} %, max {100 * max(errs):.1f} % "
                f"over {len(errs)} configurations; model: median {100 * statistics.median(merrs):.1f} %, "
-               f"max {100 * max(merrs):.1f} %.", ""]
+               f"max {100 * max(merrs):.1f} %. Efficiency, SMPI against real: median |difference| "
+               f"{statistics.median(effs):.3f}, max {max(effs):.3f}.", ""]
 
     runs = collect(sweep)
     flat = {k: v for k, v in runs.items() if "hier" not in k[0] and "_scale" not in k[0]}

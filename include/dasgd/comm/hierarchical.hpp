@@ -37,11 +37,12 @@
 //
 // Agreement (what the ranks' signatures combine to) spans the collective's
 // scope: a group round agrees within the group, an across-groups round
-// over every rank (the leaders carry their group's result across: the
-// max proposal and status in the leaders' signature, the min proposal and
-// the status rank in a second, one-double-per-group average, then a
-// 6-number broadcast back into the group). Ranks are world ranks in every
-// agreement and error message.
+// over every rank, as on a flat communicator: the range of all proposals
+// and the status of the lowest world rank that has one. The leaders carry
+// their group's result across in their data average's signature, and in a
+// second, tiny average only when a group disagrees within itself or has a
+// status; a 6-number broadcast takes it back into the group. Ranks are world
+// ranks in every agreement and error message.
 //
 // Errors: a mismatch on a sub-communicator fails that collective on all of
 // its ranks, with the group, the world rank and the stage prepended. A
@@ -156,6 +157,10 @@ class hier_helper {
     next_ = std::move(job);
     busy_ = true;
     cv_.notify_all();
+  }
+  bool busy() {
+    std::lock_guard lk(m_);
+    return busy_;
   }
   /// Returns once no job is queued or running.
   void wait_idle() {
@@ -379,10 +384,13 @@ class hierarchical_communicator {
   /// One pass of progress without blocking: the chained average in flight
   /// (chain_progress::caller) and the sub-communicators' own progress()
   /// where they have one (mpi_communicator in test mode). True when
-  /// something advanced. A chain's failure is raised by its request.
+  /// something advanced. A chain's failure is raised by its request. With
+  /// the helper thread it does nothing (the thread drives the chain, and
+  /// the sub-communicators are its own while a chain runs).
   bool progress() {
     auto& s = *state_;
     bool moved = false;
+    if (s.helper) return false;
     if (s.current && !s.current->finished()) {
       try {
         moved = s.current->poll(false);
@@ -408,6 +416,7 @@ class hierarchical_communicator {
     std::size_t n = s.world.collectives_in_flight() + s.group.collectives_in_flight();
     if (s.leaders) n += s.leaders->collectives_in_flight();
     if (s.current && !s.current->finished()) ++n;
+    if (s.helper && s.helper->busy()) ++n;
     return n;
   }
 
