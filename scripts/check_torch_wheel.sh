@@ -28,6 +28,17 @@ if [[ -z "$config" ]]; then
   exit 2
 fi
 torch_cmake=$(dirname "$config")
+# TorchConfig finds Caffe2 and libc10 with PATHS next to it, which CMake
+# searches only after the system folders: with Debian's libtorch-dev
+# installed it would mix the two (a 2.x libtorch with 1.13's libc10 aborts
+# at load). The wheel's prefix goes first in CMAKE_PREFIX_PATH, Caffe2 is
+# named, and the built programs' libraries are checked below.
+torch_prefix=$(realpath -m "$torch_cmake/../../..")
+caffe2_cmake=$(realpath -m "$torch_cmake/../Caffe2")
+[[ -f "$caffe2_cmake/Caffe2Config.cmake" ]] || {
+  echo "error: no Caffe2Config.cmake next to $torch_cmake" >&2
+  exit 2
+}
 abi_flags=()
 if grep -q '_GLIBCXX_USE_CXX11_ABI=0' "$config"; then
   abi_flags=(-DCMAKE_CXX_FLAGS=-D_GLIBCXX_USE_CXX11_ABI=0)
@@ -36,11 +47,24 @@ fi
 echo "libtorch: $torch_cmake"
 rm -rf "$build"
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDASGD_WERROR=ON \
-  -DDASGD_TEST_LABELS=torch -DDASGD_BUILD_BENCHMARKS=OFF -DTorch_DIR="$torch_cmake" \
+  -DDASGD_TEST_LABELS=torch -DDASGD_BUILD_BENCHMARKS=OFF -DTorch_DIR:PATH="$torch_cmake" \
+  -DCaffe2_DIR:PATH="$caffe2_cmake" -DCMAKE_PREFIX_PATH="$torch_prefix" \
   "${abi_flags[@]}"
-grep -q '^Torch_DIR:PATH='"$torch_cmake"'$' "$build/CMakeCache.txt" || {
-  echo "error: the configure did not use $torch_cmake" >&2
-  exit 1
-}
+for pkg in Torch:"$torch_cmake" Caffe2:"$caffe2_cmake"; do
+  grep -qx "${pkg%%:*}_DIR:PATH=${pkg#*:}" "$build/CMakeCache.txt" || {
+    echo "error: the configure did not use ${pkg#*:} for ${pkg%%:*}" >&2
+    exit 1
+  }
+done
 cmake --build "$build" -j "$(nproc)" --target dasgd.test.adaptors.torch dasgd_libtorch_fashion_mnist
+# Every c10/torch library the programs load must be the wheel's.
+for prog in "$build/tests/adaptors/dasgd.test.adaptors.torch" \
+            "$build/examples/libtorch_fashion_mnist/dasgd_libtorch_fashion_mnist"; do
+  foreign=$(ldd "$prog" | awk '$1 ~ /^lib(c10|torch)/ && index($3, "'"$torch_prefix"'/") != 1 {print $1 " => " $3}')
+  if [[ -n "$foreign" ]]; then
+    echo "error: $prog loads libtorch libraries from outside $torch_prefix:" >&2
+    echo "$foreign" >&2
+    exit 1
+  fi
+done
 ctest --test-dir "$build" -L torch --output-on-failure

@@ -5,7 +5,15 @@
 //   dasgd_libtorch_fashion_mnist                  4 worker threads, DaSGD tau=4 d=1 p=0.25
 //   dasgd_libtorch_fashion_mnist -a sync          synchronous SGD baseline (tau 1, delay 0)
 //   mpiexec -n 4 dasgd_libtorch_fashion_mnist     one worker per MPI rank
+//   ... --device cuda                             CUDA tensors, dasgd's CUDA backend (a CUDA libtorch)
 //   ... --compare-torch-optim                     also time torch::optim::SGD + a hand-written average
+//
+// On CUDA each worker runs on a stream of its own from torch's pool (the
+// current stream of its thread), which the trainer's passes and collectives
+// use too. Worker threads share the process's GPUs (worker r on device
+// r % count) through comm::device_group; MPI ranks (local rank % count)
+// average through comm::host_staged_communicator over MPI. The trainer
+// lives in cuda_trainer.cu (nvcc), the model here (torch).
 //
 // Every worker starts from its own random initialisation (seed + rank);
 // broadcast_parameters makes them rank 0's, as DDP's constructor does. Only
@@ -36,6 +44,13 @@
 #include <dasgd/dasgd.hpp>
 #if DASGD_HAS_MPI
 #include <dasgd/comm/mpi.hpp>
+#endif
+#if DASGD_TORCH_EXAMPLE_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <dasgd/adaptors/torch_cuda.hpp>
+
+#include "cuda_trainer.hpp"
 #endif
 
 #include "cnn.hpp"
@@ -76,6 +91,13 @@ int local_ranks() {
   for (const char* var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "MV2_COMM_WORLD_LOCAL_SIZE"})
     if (const char* v = std::getenv(var)) return std::max(1, std::atoi(v));
   return 1;
+}
+
+/// This process's rank among those on this machine (0 if the launcher does not say).
+int local_rank() {
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK"})
+    if (const char* v = std::getenv(var)) return std::max(0, std::atoi(v));
+  return 0;
 }
 
 /// Parsed options, or the exit code to return (--help: 0).
@@ -184,6 +206,11 @@ dataset to_tensors(fashion_mnist::fashion_mnist_data& d, const options& o) {
   return {images(d.train, ntrain), labels(d.train, ntrain), images(d.test, ntest), labels(d.test, ntest)};
 }
 
+/// The same tensors on `device` (one copy per device, shared by its workers).
+dataset on_device(const dataset& d, const torch::Device& device) {
+  return {d.train_x.to(device), d.train_y.to(device), d.test_x.to(device), d.test_y.to(device)};
+}
+
 std::int64_t steps_per_epoch(const options& o, std::int64_t train_count, int workers) {
   const std::int64_t shard = train_count / workers;
   DASGD_REQUIRE(shard / o.batch >= 1, dasgd::config_error, "each of the ", workers, " workers gets ",
@@ -244,13 +271,14 @@ torch::Tensor forward_backward(Cnn& model, const torch::Tensor& x, const torch::
 
 /// The baseline of --compare-torch-optim: PyTorch's optimizer and, every
 /// tau steps, the parameters averaged by hand with torch ops (one flat
-/// buffer through the same communicator), blocking.
+/// buffer through a host communicator; CUDA parameters go through host
+/// memory), blocking.
 template <class Comm>
 void average_parameters_by_hand(Comm& comm, Cnn& model) {
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> flat;
   for (auto& p : model->parameters()) flat.push_back(p.reshape({-1}));
-  auto send = torch::cat(flat);
+  auto send = torch::cat(flat).cpu();
   auto recv = torch::empty_like(send);
   auto request = comm.iallreduce_average(
       std::span<const float>(send.data_ptr<float>(), static_cast<std::size_t>(send.numel())),
@@ -263,26 +291,32 @@ void average_parameters_by_hand(Comm& comm, Cnn& model) {
   }
 }
 
-/// One worker's training. With `side_comm` (--compare-torch-optim), the
-/// comparison afterwards (its collectives use that communicator).
-template <class Comm, class SideComm = Comm>
-summary train_worker(Comm comm, Cnn model, const options& o, const dataset& data, report_sinks sinks,
-                     SideComm* side_comm = nullptr) {
+/// Waits until the worker's stream has run what was queued (CUDA: the
+/// step timings then cover the device's work, not only the launches).
+void wait_for_device([[maybe_unused]] const c10::Device& device) {
+#if DASGD_TORCH_EXAMPLE_CUDA
+  if (device.is_cuda()) c10::cuda::getCurrentCUDAStream(device.index()).synchronize();
+#endif
+}
+
+/// One worker's training with `trainer` (a delayed_averager, or the CUDA
+/// path's cuda_trainer) over `params` (the parameters of `model`, on the
+/// device of `data`). `host` is a host communicator over the same workers:
+/// the epoch sums, and with --compare-torch-optim the comparison afterwards
+/// (its hand-written average).
+template <class Trainer, class Space, class HostComm>
+summary train_worker(Trainer& trainer, dasgd::torch_parameters<float, Space>& params, Cnn model,
+                     HostComm& host, const options& o, const dataset& data, report_sinks sinks) {
   // In each worker thread: with OpenMP (Debian's libtorch) the setting is the calling thread's.
   torch::set_num_threads(o.threads_per_worker);
-  const int rank = comm.rank();
-  const int workers = comm.size();
+  const int rank = host.rank();
+  const int workers = host.size();
+  const torch::Device device = data.train_x.device();
   const std::int64_t train_count = data.train_x.size(0);
   const std::int64_t steps = steps_per_epoch(o, train_count, workers);
   const std::int64_t total_steps = steps * o.epochs;
   const std::int64_t shard = steps * o.batch;
 
-  // dasgd sees the module's parameters; it replaces optimizer.step().
-  dasgd::torch_parameters<float> params(*model);
-  dasgd::delayed_averager trainer(params.list(), std::move(comm),
-                                  dasgd::policy::fixed_delay{.tau = o.tau, .delay = o.delay},
-                                  dasgd::optim::sgd{.lr = o.lr, .momentum = o.momentum},
-                                  dasgd::merge::mix{.update_proportion = o.p});
   dasgd::torch_broadcast_parameters(trainer, params, /*root=*/0);  // equal start, as DDP
 
   const std::int64_t test_count = data.test_x.size(0);
@@ -295,17 +329,20 @@ summary train_worker(Comm comm, Cnn model, const options& o, const dataset& data
   const auto start = clock_type::now();
   for (int epoch = 1; epoch <= o.epochs; ++epoch) {
     model->train();
-    const auto mine = shard_indices(o, train_count, rank, shard, epoch);
+    const auto mine = shard_indices(o, train_count, rank, shard, epoch).to(device);
     double loss_sum = 0.0;
     for (std::int64_t s = 0; s < steps; ++s) {
       const auto idx = mine.narrow(0, s * o.batch, o.batch);
       const auto x = data.train_x.index_select(0, idx);
       const auto y = data.train_y.index_select(0, idx);
+      wait_for_device(device);
       const auto t0 = clock_type::now();
       const auto loss = forward_backward(model, x, y);
+      wait_for_device(device);
       const auto t1 = clock_type::now();
       trainer.set_learning_rate(scheduled_lr(o, trainer.steps_taken(), total_steps));
       waited += dasgd::torch_step(trainer, params).wait_seconds;
+      wait_for_device(device);
       const auto t2 = clock_type::now();
       if (trainer.steps_taken() > 10) {  // past the first steps' allocations
         step_ms += ms_between(t0, t2);
@@ -333,7 +370,7 @@ summary train_worker(Comm comm, Cnn model, const options& o, const dataset& data
         correct += logits.argmax(1).eq(y).sum().item<double>();
       }
     }
-    const auto totals = sum_over_ranks(trainer.communicator(),
+    const auto totals = sum_over_ranks(host,
                                        {loss_sum, static_cast<double>(steps), test_loss_sum, correct,
                                         static_cast<double>(test_last - test_first)});
     const double elapsed = std::chrono::duration<double>(clock_type::now() - start).count();
@@ -350,7 +387,7 @@ summary train_worker(Comm comm, Cnn model, const options& o, const dataset& data
   }
   if (timed > 0) out.training = {step_ms / static_cast<double>(timed), update_ms / static_cast<double>(timed)};
 
-  if (side_comm != nullptr) {
+  if (o.compare_torch_optim) {
     // Both sides start from the trained weights and take the same batches,
     // alternating one round (tau steps) of each so that a change in the
     // machine's load hits both alike: dasgd (its trainer goes on), and a
@@ -358,8 +395,9 @@ summary train_worker(Comm comm, Cnn model, const options& o, const dataset& data
     // average on a communicator of its own.
     model->train();
     const int rounds = std::max<int>(1, static_cast<int>(std::min<std::int64_t>(o.compare_steps, steps) / o.tau));
-    const auto mine = shard_indices(o, train_count, rank, shard, 0);
+    const auto mine = shard_indices(o, train_count, rank, shard, 0).to(device);
     Cnn copy(o.conv1, o.conv2);
+    copy->to(device);
     {
       torch::NoGradGuard no_grad;
       auto src = model->parameters();
@@ -376,10 +414,13 @@ summary train_worker(Comm comm, Cnn model, const options& o, const dataset& data
         const auto idx = mine.narrow(0, (s % steps) * o.batch, o.batch);
         const auto x = data.train_x.index_select(0, idx);
         const auto y = data.train_y.index_select(0, idx);
+        wait_for_device(device);
         const auto t0 = clock_type::now();
         forward_backward(net, x, y);
+        wait_for_device(device);
         const auto t1 = clock_type::now();
         update(k);
+        wait_for_device(device);
         const auto t2 = clock_type::now();
         t.step_ms += ms_between(t0, t2);
         t.update_ms += ms_between(t1, t2);
@@ -389,13 +430,13 @@ summary train_worker(Comm comm, Cnn model, const options& o, const dataset& data
       round_of(model, r, dasgd_side, [&](int) { dasgd::torch_step(trainer, params); });
       round_of(copy, r, torch_side, [&](int k) {
         sgd.step();
-        if (k == o.tau - 1) average_parameters_by_hand(*side_comm, copy);
+        if (k == o.tau - 1) average_parameters_by_hand(host, copy);
       });
     }
     dasgd::torch_synchronize(trainer, params);
     // Mean over the ranks and the steps.
     const double n = static_cast<double>(rounds) * o.tau * workers;
-    const auto t = sum_over_ranks(*side_comm, {dasgd_side.step_ms, dasgd_side.update_ms,
+    const auto t = sum_over_ranks(host, {dasgd_side.step_ms, dasgd_side.update_ms,
                                                torch_side.step_ms, torch_side.update_ms});
     out.dasgd_cmp = step_timing{t[0] / n, t[1] / n};
     out.torch_cmp = step_timing{t[2] / n, t[3] / n};
@@ -405,8 +446,8 @@ summary train_worker(Comm comm, Cnn model, const options& o, const dataset& data
 }
 
 void print_setup(const options& o, const dataset& d, const char* mode, std::int64_t steps) {
-  std::printf("Fashion-MNIST CNN conv%d-conv%d-fc10 (libtorch %s) | %s x%d | %s", o.conv1, o.conv2,
-              TORCH_VERSION, mode, o.workers, o.algorithm.c_str());
+  std::printf("Fashion-MNIST CNN conv%d-conv%d-fc10 (libtorch %s, %s) | %s x%d | %s", o.conv1, o.conv2,
+              TORCH_VERSION, o.device.c_str(), mode, o.workers, o.algorithm.c_str());
   if (!o.sync()) std::printf(" tau=%d delay=%d p=%g", o.tau, o.delay, o.p);
   std::printf(" | sgd lr=%g (%s) momentum=%g | batch %d/worker, %d epochs of %lld steps | %lld train, "
               "%lld test images | %d torch thread(s)/worker\n",
@@ -438,15 +479,20 @@ int finish(const options& o, const summary& s) {
   return 0;
 }
 
-void require_device(const options& o) {
-  if (o.device == "cpu") return;
+/// Throws config_error unless o.device can be used by this build; returns
+/// the number of CUDA devices (0 for --device cpu).
+int require_device(const options& o) {
+  if (o.device == "cpu") return 0;
+#if DASGD_TORCH_EXAMPLE_CUDA
   DASGD_REQUIRE(torch::cuda::is_available(), dasgd::config_error,
-                "--device cuda: this libtorch has no usable CUDA device (Debian's libtorch-dev is a "
-                "CPU build); use --device cpu");
+                "--device cuda: no CUDA device is visible to this process (SKIP: no CUDA device)");
+  return static_cast<int>(torch::cuda::device_count());
+#else
   DASGD_THROW(dasgd::config_error,
-              "--device cuda: this build of the example has the CPU path only; the CUDA path "
-              "(torch_parameters<float, device_space>, dasgd::torch_cuda::backend, NCCL) is "
-              "described in docs/libtorch.md");
+              "--device cuda: this build of the example has the CPU path only: it needs a CUDA "
+              "build of libtorch (Debian's libtorch-dev is a CPU build) and dasgd's CUDA backend "
+              "(see docs/libtorch.md); use --device cpu");
+#endif
 }
 
 Cnn make_model(const options& o, int rank) {
@@ -454,61 +500,150 @@ Cnn make_model(const options& o, int rank) {
   return Cnn(o.conv1, o.conv2);
 }
 
+/// The CPU trainer: SGD with momentum, mix merge, fixed delay.
+template <class Comm>
+auto make_cpu_trainer(const dasgd::torch_parameters<float>& params, Comm comm, const options& o) {
+  return dasgd::delayed_averager(params.list(), std::move(comm),
+                                 dasgd::policy::fixed_delay{.tau = o.tau, .delay = o.delay},
+                                 dasgd::optim::sgd{.lr = o.lr, .momentum = o.momentum},
+                                 dasgd::merge::mix{.update_proportion = o.p});
+}
+
+#if DASGD_TORCH_EXAMPLE_CUDA
+cuda_trainer_settings cuda_settings(const options& o) {
+  return {.tau = o.tau, .delay = o.delay, .p = o.p, .lr = o.lr, .momentum = o.momentum};
+}
+
+/// Runs `work(stream)` with `device` current and a stream of torch's pool
+/// as the thread's current stream (every torch op and the trainer use it).
+template <class Work>
+auto on_worker_stream(c10::DeviceIndex device, Work&& work) {
+  const c10::cuda::CUDAGuard device_guard(device);
+  const c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device);
+  const c10::cuda::CUDAStreamGuard stream_guard(stream);
+  return work(stream.stream());
+}
+#endif
+
 int run_threads(int argc, char** argv) {
   int code = 0;
   const auto parsed = parse(argc, argv, 0, true, code);
   if (!parsed) return code;
   const options& o = *parsed;
-  require_device(o);
+  const int devices = require_device(o);
   auto raw = fashion_mnist::load_fashion_mnist(o.data_dir);
   const auto data = to_tensors(raw, o);
   const std::int64_t steps = steps_per_epoch(o, data.train_x.size(0), o.workers);
-  print_setup(o, data, "threads", steps);
+  print_setup(o, data, o.device == "cpu" ? "threads" : "threads on CUDA (device group)", steps);
 
   fashion_mnist::progress_display progress(o.epochs, steps, isatty(STDOUT_FILENO) != 0);
   fashion_mnist::csv_log csv = o.csv_path.empty() ? fashion_mnist::csv_log{} : fashion_mnist::csv_log{o.csv_path};
   std::vector<Cnn> models;  // built here: torch::manual_seed is process-wide
   for (int r = 0; r < o.workers; ++r) models.push_back(make_model(o, r));
   summary result;
-  dasgd::comm::inproc_group group(o.workers);
-  dasgd::comm::inproc_group side(o.workers);  // the torch::optim side of --compare-torch-optim
-  dasgd::comm::run_workers(group, [&](dasgd::comm::inproc_communicator comm) {
-    const int r = comm.rank();
-    auto side_comm = side.communicator(r);
-    const auto s = train_worker(std::move(comm), models[static_cast<std::size_t>(r)], o, data,
-                                r == 0 ? report_sinks{&progress, &csv} : report_sinks{},
-                                o.compare_torch_optim ? &side_comm : nullptr);
-    if (r == 0) result = s;
-  });
+  const auto sinks_of = [&](int r) { return r == 0 ? report_sinks{&progress, &csv} : report_sinks{}; };
+  // Host ranks for the epoch sums and the torch::optim side of --compare-torch-optim.
+  dasgd::comm::inproc_group host_group(o.workers);
+
+  if (devices == 0) {
+    dasgd::comm::inproc_group group(o.workers);
+    dasgd::comm::run_workers(group, [&](dasgd::comm::inproc_communicator comm) {
+      const int r = comm.rank();
+      auto host = host_group.communicator(r);
+      Cnn& model = models[static_cast<std::size_t>(r)];
+      dasgd::torch_parameters<float> params(*model);  // dasgd replaces optimizer.step()
+      auto trainer = make_cpu_trainer(params, std::move(comm), o);
+      const auto s = train_worker(trainer, params, model, host, o, data, sinks_of(r));
+      if (r == 0) result = s;
+    });
+    return finish(o, result);
+  }
+#if DASGD_TORCH_EXAMPLE_CUDA
+  // One copy of the data per device in use, uploaded before the workers start.
+  std::vector<dataset> device_data;
+  for (int d = 0; d < std::min(devices, o.workers); ++d)
+    device_data.push_back(on_device(data, torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(d))));
+  torch::cuda::synchronize();
+  cuda_thread_group group(o.workers);
+  std::vector<std::string> errors(static_cast<std::size_t>(o.workers));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < o.workers; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        const auto device = static_cast<c10::DeviceIndex>(r % devices);
+        on_worker_stream(device, [&](cudaStream_t stream) {
+          auto host = host_group.communicator(r);
+          Cnn& model = models[static_cast<std::size_t>(r)];
+          model->to(torch::Device(torch::kCUDA, device));  // before torch_parameters
+          dasgd::torch_parameters<float, dasgd::device_space> params(*model);
+          const auto trainer =
+              group.trainer(r, params.list(), stream, dasgd::torch_cuda::caching_allocator(), cuda_settings(o));
+          const auto s = train_worker(*trainer, params, model, host, o,
+                                      device_data[static_cast<std::size_t>(device)], sinks_of(r));
+          if (r == 0) result = s;
+          return 0;
+        });
+      } catch (const std::exception& e) {
+        errors[static_cast<std::size_t>(r)] = e.what();
+        group.abort(e.what());
+        host_group.abort(e.what());
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < o.workers; ++r)
+    if (!errors[static_cast<std::size_t>(r)].empty())
+      DASGD_THROW(dasgd::comm_error, "worker ", r, ": ", errors[static_cast<std::size_t>(r)]);
   return finish(o, result);
+#else
+  return 1;  // require_device refused
+#endif
 }
 
 #if DASGD_HAS_MPI
 int run_mpi(int argc, char** argv) {
   dasgd::comm::mpi_environment env(argc, argv);
-  dasgd::comm::mpi_communicator comm;
-  const int rank = comm.rank();
+  // Host collectives: the epoch sums and the torch::optim side of --compare-torch-optim.
+  dasgd::comm::mpi_communicator host;
+  const int rank = host.rank();
   try {
     int code = 0;
-    const auto parsed = parse(argc, argv, comm.size(), rank == 0, code);
+    const auto parsed = parse(argc, argv, host.size(), rank == 0, code);
     if (!parsed) return code;
     const options& o = *parsed;
-    require_device(o);
+    const int devices = require_device(o);
     auto raw = fashion_mnist::load_fashion_mnist(o.data_dir);
-    const auto data = to_tensors(raw, o);
-    const std::int64_t steps = steps_per_epoch(o, data.train_x.size(0), o.workers);
+    const auto cpu_data = to_tensors(raw, o);
+    const std::int64_t steps = steps_per_epoch(o, cpu_data.train_x.size(0), o.workers);
     std::optional<fashion_mnist::progress_display> progress;
     fashion_mnist::csv_log csv;
     if (rank == 0) {
-      print_setup(o, data, "MPI ranks", steps);
+      print_setup(o, cpu_data, devices == 0 ? "MPI ranks" : "MPI ranks on CUDA (host-staged)", steps);
       progress.emplace(o.epochs, steps, false);  // under mpiexec: plain lines
       if (!o.csv_path.empty()) csv = fashion_mnist::csv_log{o.csv_path};
     }
-    dasgd::comm::mpi_communicator side;  // collective: every rank (the torch::optim side)
-    const auto s = train_worker(std::move(comm), make_model(o, rank), o, data,
-                                rank == 0 ? report_sinks{&*progress, &csv} : report_sinks{},
-                                o.compare_torch_optim ? &side : nullptr);
+    const report_sinks sinks = rank == 0 ? report_sinks{&*progress, &csv} : report_sinks{};
+    Cnn model = make_model(o, rank);
+    if (devices == 0) {
+      dasgd::torch_parameters<float> params(*model);
+      auto trainer = make_cpu_trainer(params, dasgd::comm::mpi_communicator(), o);
+      const auto s = train_worker(trainer, params, model, host, o, cpu_data, sinks);
+      return rank == 0 ? finish(o, s) : 0;
+    }
+#if DASGD_TORCH_EXAMPLE_CUDA
+    const auto device = static_cast<c10::DeviceIndex>((local_rank() % devices));
+    const summary s = on_worker_stream(device, [&](cudaStream_t stream) {
+      const torch::Device where(torch::kCUDA, device);
+      const auto data = on_device(cpu_data, where);
+      model->to(where);  // before torch_parameters
+      dasgd::torch_parameters<float, dasgd::device_space> params(*model);
+      const auto trainer =
+          make_mpi_cuda_trainer(params.list(), stream, dasgd::torch_cuda::caching_allocator(), cuda_settings(o));
+      return train_worker(*trainer, params, model, host, o, data, sinks);
+    });
     return rank == 0 ? finish(o, s) : 0;
+#else
+    return 1;  // require_device refused
+#endif
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error on rank %d: %s\n", rank, e.what());
     std::fflush(stderr);
