@@ -6,7 +6,8 @@
 #   python3 -m venv /tmp/tv && /tmp/tv/bin/pip install torch
 #   scripts/check_torch_wheel.sh "$(/tmp/tv/bin/python -c 'import torch, os; print(os.path.dirname(torch.__file__))')"
 #
-# Usage: scripts/check_torch_wheel.sh <torch dir> [build dir]
+# Usage: scripts/check_torch_wheel.sh [--configure-only] <torch dir> [build dir]
+#   --configure-only  stop after the configure and its checks
 #   <torch dir>  the wheel's torch package folder, or an unpacked libtorch
 #                zip: anything with cmake/Torch/TorchConfig.cmake below it
 #   [build dir]  default build/torch-wheel (configured from scratch)
@@ -16,8 +17,13 @@
 # Only the `torch` tests are configured (DASGD_TEST_LABELS=torch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+configure_only=0
+if [[ "${1:-}" == "--configure-only" ]]; then
+  configure_only=1
+  shift
+fi
 if [[ $# -lt 1 || ! -d "$1" ]]; then
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 torch_dir=$(realpath "$1")
@@ -56,6 +62,12 @@ for pkg in Torch:"$torch_cmake" Caffe2:"$caffe2_cmake"; do
     exit 1
   }
 done
+c10=$(sed -n 's/^C10_LIBRARY:[A-Z]*=//p' "$build/CMakeCache.txt" | head -n1)
+if [[ -n "$c10" && "$(realpath -m "$c10")" != "$torch_prefix"/* ]]; then
+  echo "error: the configure found libc10 at $c10, outside $torch_prefix" >&2
+  exit 1
+fi
+(( configure_only )) && { echo "configured against $torch_prefix"; exit 0; }
 cmake --build "$build" -j "$(nproc)" --target dasgd.test.adaptors.torch dasgd_libtorch_fashion_mnist
 # Every c10/torch library the programs load must be the wheel's.
 for prog in "$build/tests/adaptors/dasgd.test.adaptors.torch" \
