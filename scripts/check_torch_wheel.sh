@@ -3,8 +3,8 @@
 # example (its smoke tests, label `torch`) against another libtorch than
 # Debian's, e.g. the one inside a PyTorch 2.x wheel, for a GPU machine:
 #
-#   python3 -m venv /tmp/tv && /tmp/tv/bin/pip install torch
-#   scripts/check_torch_wheel.sh "$(/tmp/tv/bin/python -c 'import torch, os; print(os.path.dirname(torch.__file__))')"
+#   scripts/check_torch_wheel.sh "$(scripts/fetch_torch_wheel.sh)"    # PyPI's torch 2.11.0
+#   scripts/check_torch_wheel.sh "$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')"
 #
 # Usage: scripts/check_torch_wheel.sh [--configure-only] <torch dir> [build dir]
 #   --configure-only  stop after the configure and its checks

@@ -11,7 +11,15 @@
 //
 //   dasgd_gpu_fashion_mnist --workers 4 --algo dasgd --tau 4 --delay 1
 //   mpiexec -n 4 dasgd_gpu_fashion_mnist --comm mpi
+//   mpiexec -n 4 dasgd_gpu_fashion_mnist --comm nccl   # NCCL, bootstrapped over MPI
 //   dasgd_gpu_fashion_mnist --check-gradients   # one batch: GPU vs the Eigen model
+//   dasgd_gpu_fashion_mnist --comm staged --link-gbps 4
+//       threads through comm::host_staged_communicator over the in-process
+//       host communicator with an emulated link (bandwidth, latency): the
+//       host-staged pipeline with a slow network and no MPI, for measuring
+//       how much of the average the delay hides (bench/gpu_overlap)
+// Every run prints the mean step time: the training loop's wall time per
+// step (the device's work included), the mean over the workers.
 #include <CLI/CLI.hpp>
 
 #include <dasgd/comm/inproc.hpp>
@@ -24,14 +32,18 @@
 #include <dasgd/optim/sgd.hpp>
 #include <dasgd/policy/fixed_delay.hpp>
 
-#if defined(DASGD_HAS_MPI)
 #include <dasgd/comm/host_staged.hpp>
+#if defined(DASGD_HAS_MPI)
 #include <dasgd/comm/mpi.hpp>
+#if defined(DASGD_HAS_NCCL)
+#include <dasgd/comm/nccl.hpp>
+#endif
 #endif
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
@@ -67,6 +79,14 @@ struct options {
   long test_samples = 0;
   std::uint64_t seed = 1;
   bool check_gradients = false;
+  double link_gbps = 0.0;        ///< --comm staged: emulated link bandwidth (0: none)
+  double link_latency_us = 0.0;  ///< --comm staged: emulated latency per collective
+};
+
+/// What a worker's training reports.
+struct train_result {
+  double accuracy = 0.0;
+  double step_ms = 0.0;  ///< training loop wall time per step, mean over the workers
 };
 
 /// The data every worker reads: uploaded once per process.
@@ -115,7 +135,7 @@ struct epoch_totals {
 /// One worker: trains with `comm` (a device communicator) and reports each
 /// epoch's totals through `sum` (a host-side sum over workers).
 template <class Comm, class Sum>
-double train(Comm comm, int rank, int workers, const device_data& data, const options& o, cudaStream_t s, Sum sum) {
+train_result train(Comm comm, int rank, int workers, const device_data& data, const options& o, cudaStream_t s, Sum sum) {
   dasgd::device_parameter_arena<float> w(extents(), s), g(extents(), s);
   const auto init = initial_weights(o.seed);
   for (std::size_t i = 0; i < init.size(); ++i)
@@ -151,6 +171,8 @@ double train(Comm comm, int rank, int workers, const device_data& data, const op
     const auto start = std::chrono::steady_clock::now();
     double final_accuracy = 0;
     double waited = 0;
+    double step_ms = 0;
+    double loop_seconds = 0;  // the step loops, each ended by a stream synchronize
     for (int epoch = 1; epoch <= o.epochs; ++epoch) {
       std::iota(order.begin(), order.end(), 0);
       std::mt19937_64 rng(o.seed * 1000003u + static_cast<std::uint64_t>(epoch));
@@ -159,12 +181,16 @@ double train(Comm comm, int rank, int workers, const device_data& data, const op
       // host may reshuffle next epoch.
       DASGD_CUDA_CHECK(cudaMemcpy(my_order.data(), order.data() + shard * rank,
                                   my_order.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice));
+      DASGD_CUDA_CHECK(cudaStreamSynchronize(s));
+      const auto loop_start = std::chrono::steady_clock::now();
       for (long k = 0; k < steps; ++k) {
         model.load_batch(data.train_images.data(), data.train_labels.data(), my_order.data() + k * o.batch, o.batch);
         model.loss_and_gradients(wp, gp);
         trainer.set_learning_rate(fashion_mnist::cosine_lr(o.lr, trainer.steps_taken(), total));
         waited += trainer.step(grads).wait_seconds;
       }
+      DASGD_CUDA_CHECK(cudaStreamSynchronize(s));
+      loop_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - loop_start).count();
       const device_tally train_tally = model.take_tally();
       trainer.synchronize();
       for (long first = test_first; first < test_last; first += o.batch) {
@@ -174,17 +200,18 @@ double train(Comm comm, int rank, int workers, const device_data& data, const op
       }
       const device_tally test_tally = model.take_tally();
       const auto t = sum({train_tally.loss_sum, double(steps * o.batch), test_tally.loss_sum,
-                          double(test_tally.correct), double(test_last - test_first), waited});
+                          double(test_tally.correct), double(test_last - test_first), waited, loop_seconds});
       final_accuracy = std::round(t[3]) / std::round(t[4]);
+      step_ms = 1e3 * t[6] / workers / static_cast<double>(steps * epoch);
       const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       if (rank == 0)
         std::printf("epoch %d/%d  step %ld  train_loss %.4f  test_loss %.4f  test_acc %.4f  waited %.2f s  "
-                    "elapsed %.1f s\n",
+                    "elapsed %.1f s  step %.4f ms\n",
                     epoch, o.epochs, static_cast<long>(trainer.steps_taken()), t[0] / t[1], t[2] / t[4],
-                    final_accuracy, t[5] / workers, elapsed);
+                    final_accuracy, t[5] / workers, elapsed, step_ms);
       std::fflush(stdout);
     }
-    return final_accuracy;
+    return train_result{final_accuracy, step_ms};
   };
   if (o.merge == "additive") return run(dasgd::merge::additive{});
   return run(dasgd::merge::mix{o.p});
@@ -241,7 +268,11 @@ int main(int argc, char** argv) {
   options o;
   CLI::App app{"Fashion-MNIST MLP on the GPU with dasgd (CUDA backend)"};
   app.add_option("--workers", o.workers, "workers (threads sharing the GPU; with --comm mpi: the MPI ranks)");
-  app.add_option("--comm", o.comm, "threads (device group) or mpi (host-staged MPI)")->check(CLI::IsMember({"threads", "mpi"}));
+  app.add_option("--comm", o.comm,
+                 "threads (device group), mpi (host-staged MPI), nccl (NCCL set up over MPI), or staged "
+                 "(threads, host-staged over the in-process host communicator with --link-gbps / "
+                 "--link-latency-us)")
+      ->check(CLI::IsMember({"threads", "mpi", "nccl", "staged"}));
   app.add_option("--algo", o.algo, "dasgd or sync")->check(CLI::IsMember({"dasgd", "sync"}));
   app.add_option("--tau", o.tau, "steps per round");
   app.add_option("--delay", o.delay, "delay in steps");
@@ -255,6 +286,10 @@ int main(int argc, char** argv) {
   app.add_option("--train-samples", o.train_samples, "use the first N training images (0: all)");
   app.add_option("--test-samples", o.test_samples, "use the first N test images (0: all)");
   app.add_option("--seed", o.seed, "seed (initial weights and shuffling)");
+  app.add_option("--link-gbps", o.link_gbps, "--comm staged: emulated link, Gbit/s per rank's buffer (0: none)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--link-latency-us", o.link_latency_us, "--comm staged: emulated latency per collective, microseconds")
+      ->check(CLI::NonNegativeNumber);
   app.add_flag("--check-gradients", o.check_gradients, "compare one batch's gradients with the Eigen model and exit");
   CLI11_PARSE(app, argc, argv);
   try {
@@ -268,7 +303,7 @@ int main(int argc, char** argv) {
       return 77;
     }
     const auto host = fashion_mnist::load_fashion_mnist(o.data_dir);
-    if (o.comm == "mpi") {
+    if (o.comm == "mpi" || o.comm == "nccl") {
 #if defined(DASGD_HAS_MPI)
       dasgd::comm::mpi_environment env(argc, argv);
       dasgd::comm::mpi_communicator world;
@@ -278,16 +313,35 @@ int main(int argc, char** argv) {
       if (o.check_gradients) return rank == 0 ? check_gradients(host, data, o) : 0;
       cudaStream_t s = nullptr;
       DASGD_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+      const bool nccl = o.comm == "nccl";
       if (rank == 0)
-        std::printf("Fashion-MNIST MLP on the GPU | %d MPI ranks, host-staged | %s tau=%d delay=%d merge=%s | "
+        std::printf("Fashion-MNIST MLP on the GPU | %d MPI ranks, %s | %s tau=%d delay=%d merge=%s | "
                     "lr %.3g (cosine) momentum %.2g | batch %d/worker, %d epochs\n",
-                    n, o.algo.c_str(), o.tau, o.delay, o.merge.c_str(), o.lr, o.momentum, o.batch, o.epochs);
-      const double acc = train(dasgd::comm::host_staged_communicator<dasgd::comm::mpi_communicator>(
-                                   dasgd::comm::mpi_communicator(), s),
-                               rank, n, data, o, s, [&](const std::vector<double>& v) {
-                                 return fashion_mnist::sum_over_ranks(world, v);
-                               });
-      if (rank == 0) std::printf("final test accuracy %.4f after %d epochs\n", acc, o.epochs);
+                    n, nccl ? "NCCL" : "host-staged", o.algo.c_str(), o.tau, o.delay, o.merge.c_str(), o.lr,
+                    o.momentum, o.batch, o.epochs);
+      const auto sum = [&](const std::vector<double>& v) { return fashion_mnist::sum_over_ranks(world, v); };
+      train_result res;
+      if (nccl) {
+#if defined(DASGD_HAS_NCCL)
+        // NCCL refuses two ranks on one GPU ("Duplicate GPU detected")
+        // unless they look like separate hosts: with more ranks than
+        // devices each rank gets its own NCCL_HOSTID (unless one is set),
+        // read at NCCL's first initialization; the socket transport then
+        // joins them.
+        if (n > devices && std::getenv("NCCL_HOSTID") == nullptr)
+          setenv("NCCL_HOSTID", ("dasgd-gpu-example-rank-" + std::to_string(rank)).c_str(), 1);
+        res = train(dasgd::comm::nccl_communicator::from_mpi(world, s), rank, n, data, o, s, sum);
+#else
+        DASGD_THROW(dasgd::config_error, "--comm nccl: this build has no NCCL");
+#endif
+      } else {
+        res = train(dasgd::comm::host_staged_communicator<dasgd::comm::mpi_communicator>(
+                        dasgd::comm::mpi_communicator(), s),
+                    rank, n, data, o, s, sum);
+      }
+      if (rank == 0)
+        std::printf("final test accuracy %.4f after %d epochs; mean step time %.4f ms\n", res.accuracy, o.epochs,
+                    res.step_ms);
       DASGD_CUDA_CHECK(cudaStreamDestroy(s));
       return 0;
 #else
@@ -297,12 +351,22 @@ int main(int argc, char** argv) {
     }
     const device_data data = upload(host, o);
     if (o.check_gradients) return check_gradients(host, data, o);
-    std::printf("Fashion-MNIST MLP on the GPU | %d threads, device group | %s tau=%d delay=%d merge=%s | "
+    const bool staged = o.comm == "staged";
+    std::printf("Fashion-MNIST MLP on the GPU | %d threads, %s | %s tau=%d delay=%d merge=%s | "
                 "lr %.3g (cosine) momentum %.2g | batch %d/worker, %d epochs\n",
-                o.workers, o.algo.c_str(), o.tau, o.delay, o.merge.c_str(), o.lr, o.momentum, o.batch, o.epochs);
+                o.workers, staged ? "host-staged over the in-process communicator" : "device group", o.algo.c_str(),
+                o.tau, o.delay, o.merge.c_str(), o.lr, o.momentum, o.batch, o.epochs);
+    if (staged)
+      std::printf("emulated link: %g Gbit/s, %g us per collective\n", o.link_gbps, o.link_latency_us);
     dasgd::comm::device_group group(o.workers);
+    // --comm staged: each collective of B bytes per rank takes at least
+    // latency + B / bandwidth once every rank has joined.
+    dasgd::comm::inproc_options link;
+    link.simulated_bandwidth_bytes_per_second = o.link_gbps * 1e9 / 8;
+    link.simulated_latency = std::chrono::microseconds(static_cast<long>(o.link_latency_us));
+    dasgd::comm::inproc_group staged_group(o.workers, link);
     dasgd::comm::inproc_group sums(o.workers);
-    std::vector<double> accuracy(static_cast<std::size_t>(o.workers));
+    std::vector<train_result> results(static_cast<std::size_t>(o.workers));
     std::vector<std::thread> threads;
     std::vector<std::string> errors(static_cast<std::size_t>(o.workers));
     for (int r = 0; r < o.workers; ++r)
@@ -312,13 +376,17 @@ int main(int argc, char** argv) {
           cudaStream_t s = nullptr;
           DASGD_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
           auto host_comm = sums.communicator(r);
-          accuracy[static_cast<std::size_t>(r)] =
-              train(group.communicator(r, s), r, o.workers, data, o, s,
-                    [&](const std::vector<double>& v) { return fashion_mnist::sum_over_ranks(host_comm, v); });
+          const auto sum = [&](const std::vector<double>& v) { return fashion_mnist::sum_over_ranks(host_comm, v); };
+          results[static_cast<std::size_t>(r)] =
+              staged ? train(dasgd::comm::host_staged_communicator<dasgd::comm::inproc_communicator>(
+                                 staged_group.communicator(r), s),
+                             r, o.workers, data, o, s, sum)
+                     : train(group.communicator(r, s), r, o.workers, data, o, s, sum);
           DASGD_CUDA_CHECK(cudaStreamDestroy(s));
         } catch (const std::exception& e) {
           errors[static_cast<std::size_t>(r)] = e.what();
           group.abort(e.what());
+          staged_group.abort(e.what());
           sums.abort(e.what());
         }
       });
@@ -328,7 +396,8 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "worker %d: %s\n", r, errors[static_cast<std::size_t>(r)].c_str());
         return 1;
       }
-    std::printf("final test accuracy %.4f after %d epochs\n", accuracy[0], o.epochs);
+    std::printf("final test accuracy %.4f after %d epochs; mean step time %.4f ms\n", results[0].accuracy, o.epochs,
+                results[0].step_ms);
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
