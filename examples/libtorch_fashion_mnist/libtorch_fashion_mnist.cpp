@@ -574,34 +574,28 @@ int run_threads(int argc, char** argv) {
     device_data.push_back(on_device(data, torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(d))));
   torch::cuda::synchronize();
   cuda_thread_group group(o.workers);
-  std::vector<std::string> errors(static_cast<std::size_t>(o.workers));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < o.workers; ++r)
-    threads.emplace_back([&, r] {
-      try {
-        const auto device = static_cast<c10::DeviceIndex>(r % devices);
-        on_worker_stream(device, [&](cudaStream_t stream) {
-          auto host = host_group.communicator(r);
-          Cnn& model = models[static_cast<std::size_t>(r)];
-          model->to(torch::Device(torch::kCUDA, device));  // before torch_parameters
-          dasgd::torch_parameters<float, dasgd::device_space> params(*model);
-          const auto trainer =
-              group.trainer(r, params.list(), stream, dasgd::torch_cuda::caching_allocator(), cuda_settings(o));
-          const auto s = train_worker(*trainer, params, model, host, o,
-                                      device_data[static_cast<std::size_t>(device)], sinks_of(r));
-          if (r == 0) result = s;
-          return 0;
-        });
-      } catch (const std::exception& e) {
-        errors[static_cast<std::size_t>(r)] = e.what();
-        group.abort(e.what());
-        host_group.abort(e.what());
-      }
-    });
-  for (auto& t : threads) t.join();
-  for (int r = 0; r < o.workers; ++r)
-    if (!errors[static_cast<std::size_t>(r)].empty())
-      DASGD_THROW(dasgd::comm_error, "worker ", r, ": ", errors[static_cast<std::size_t>(r)]);
+  // run_workers aborts the host group when a worker throws; the device
+  // group is aborted here, so no peer waits in a device collective either.
+  dasgd::comm::run_workers(host_group, [&](dasgd::comm::inproc_communicator host) {
+    const int r = host.rank();
+    try {
+      const auto device = static_cast<c10::DeviceIndex>(r % devices);
+      on_worker_stream(device, [&](cudaStream_t stream) {
+        Cnn& model = models[static_cast<std::size_t>(r)];
+        model->to(torch::Device(torch::kCUDA, device));  // before torch_parameters
+        dasgd::torch_parameters<float, dasgd::device_space> params(*model);
+        const auto trainer =
+            group.trainer(r, params.list(), stream, dasgd::torch_cuda::caching_allocator(), cuda_settings(o));
+        const auto s = train_worker(*trainer, params, model, host, o,
+                                    device_data[static_cast<std::size_t>(device)], sinks_of(r));
+        if (r == 0) result = s;
+        return 0;
+      });
+    } catch (const std::exception& e) {
+      group.abort(e.what());
+      throw;
+    }
+  });
   return finish(o, result);
 #else
   return 1;  // require_device refused
