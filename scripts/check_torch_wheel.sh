@@ -28,45 +28,19 @@ if [[ $# -lt 1 || ! -d "$1" ]]; then
 fi
 torch_dir=$(realpath "$1")
 build=${2:-build/torch-wheel}
-config=$(find "$torch_dir" -path '*/cmake/Torch/TorchConfig.cmake' -print -quit)
-if [[ -z "$config" ]]; then
-  echo "error: no cmake/Torch/TorchConfig.cmake under $torch_dir" >&2
-  exit 2
-fi
-torch_cmake=$(dirname "$config")
-# TorchConfig finds Caffe2 and libc10 with PATHS next to it, which CMake
-# searches only after the system folders: with Debian's libtorch-dev
-# installed it would mix the two (a 2.x libtorch with 1.13's libc10 aborts
-# at load). The wheel's prefix goes first in CMAKE_PREFIX_PATH, Caffe2 is
-# named, and the built programs' libraries are checked below.
-torch_prefix=$(realpath -m "$torch_cmake/../../..")
-caffe2_cmake=$(realpath -m "$torch_cmake/../Caffe2")
-[[ -f "$caffe2_cmake/Caffe2Config.cmake" ]] || {
-  echo "error: no Caffe2Config.cmake next to $torch_cmake" >&2
-  exit 2
-}
+# shellcheck source=torch_config.sh
+source scripts/torch_config.sh
+torch_cmake_args "$torch_dir" || exit
 abi_flags=()
-if grep -q '_GLIBCXX_USE_CXX11_ABI=0' "$config"; then
+if grep -q '_GLIBCXX_USE_CXX11_ABI=0' "$torch_cmake/TorchConfig.cmake"; then
   abi_flags=(-DCMAKE_CXX_FLAGS=-D_GLIBCXX_USE_CXX11_ABI=0)
   echo "note: this libtorch uses the pre-C++11 libstdc++ ABI; building everything with it"
 fi
 echo "libtorch: $torch_cmake"
 rm -rf "$build"
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDASGD_WERROR=ON \
-  -DDASGD_TEST_LABELS=torch -DDASGD_BUILD_BENCHMARKS=OFF -DTorch_DIR:PATH="$torch_cmake" \
-  -DCaffe2_DIR:PATH="$caffe2_cmake" -DCMAKE_PREFIX_PATH="$torch_prefix" \
-  "${abi_flags[@]}"
-for pkg in Torch:"$torch_cmake" Caffe2:"$caffe2_cmake"; do
-  grep -qx "${pkg%%:*}_DIR:PATH=${pkg#*:}" "$build/CMakeCache.txt" || {
-    echo "error: the configure did not use ${pkg#*:} for ${pkg%%:*}" >&2
-    exit 1
-  }
-done
-c10=$(sed -n 's/^C10_LIBRARY:[A-Z]*=//p' "$build/CMakeCache.txt" | head -n1)
-if [[ -n "$c10" && "$(realpath -m "$c10")" != "$torch_prefix"/* ]]; then
-  echo "error: the configure found libc10 at $c10, outside $torch_prefix" >&2
-  exit 1
-fi
+  -DDASGD_TEST_LABELS=torch -DDASGD_BUILD_BENCHMARKS=OFF "${torch_args[@]}" "${abi_flags[@]}"
+torch_check_cache "$build" || exit 1
 (( configure_only )) && { echo "configured against $torch_prefix"; exit 0; }
 cmake --build "$build" -j "$(nproc)" --target dasgd.test.adaptors.torch dasgd_libtorch_fashion_mnist
 # Every c10/torch library the programs load must be the wheel's.

@@ -39,7 +39,8 @@ class CheckTorchWheel(unittest.TestCase):
         self.dir = tempfile.TemporaryDirectory()
         root = self.root = self.dir.name
         os.makedirs(os.path.join(root, "scripts"))
-        shutil.copy(os.path.join(SOURCE, "scripts", "check_torch_wheel.sh"), os.path.join(root, "scripts"))
+        for script in ("check_torch_wheel.sh", "torch_config.sh"):
+            shutil.copy(os.path.join(SOURCE, "scripts", script), os.path.join(root, "scripts"))
         with open(os.path.join(root, "CMakeLists.txt"), "w") as f:
             f.write(PROJECT)
         self.torch = os.path.join(root, "wheel", "torch")
