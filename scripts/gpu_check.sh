@@ -82,11 +82,9 @@ if [[ "${1:-}" == "--prepare" ]]; then
   torch_args=()
   torch_targets=()
   if [[ -n "${TORCH_DIR:-}" ]]; then
-    tcfg=$(find "$TORCH_DIR" -path '*/share/cmake/Torch/TorchConfig.cmake' -print -quit)
-    [[ -n "$tcfg" ]] || { echo "gpu_check.sh --prepare: no TorchConfig.cmake under $TORCH_DIR" >&2; exit 1; }
-    tcm=$(dirname "$tcfg")
-    torch_args=(-DTorch_DIR:PATH="$tcm" -DCaffe2_DIR:PATH="$(realpath -m "$tcm/../Caffe2")"
-                -DCMAKE_PREFIX_PATH="$(realpath -m "$tcm/../../..")")
+    # shellcheck source=torch_config.sh
+    source "$root/scripts/torch_config.sh"
+    torch_cmake_args "$TORCH_DIR" || exit 1
     torch_targets=(dasgd_libtorch_fashion_mnist)
   fi
   # The examples read Fashion-MNIST, which the GPU image lacks (30 MB).
@@ -105,6 +103,7 @@ if [[ "${1:-}" == "--prepare" ]]; then
     -DCMAKE_CUDA_ARCHITECTURES=90 -DDASGD_ENABLE_CUDA=ON "${mpi_args[@]}" "${torch_args[@]}" \
     -DDASGD_BUILD_EXAMPLES=ON -DDASGD_BUILD_TESTS=ON -DDASGD_BUILD_BENCHMARKS=ON -DDASGD_BENCH_TUNING_SWEEP=ON \
     -Ddoctest_DIR="$carry/lib/cmake/doctest" >"$plog" 2>&1 &&
+    { [[ -z "${TORCH_DIR:-}" ]] || torch_check_cache "$root/build-gpu-prebuilt"; } &&
     cmake --build "$root/build-gpu-prebuilt" -j "${JOBS:-$(nproc)}" --target \
       dasgd.test.cuda.fused_kernel dasgd.test.cuda.trainer dasgd.test.cuda.device_group dasgd.test.cuda.half_functors \
       dasgd.test.cuda.backend_checks dasgd_bench_update_kernels dasgd_gpu_fashion_mnist \
@@ -296,22 +295,33 @@ else
 fi
 is_built() { local x; for x in "${built[@]}"; do [[ $x == "$1" ]] && return 0; done; return 1; }
 
+# run_step STEP LIMIT DETAIL_REGEX CMD...: runs CMD within LIMIT seconds (or
+# what is left; skipped below 30 s), appends its output to gpu_check.log,
+# and records its exit status with, as the detail, the last output line
+# matching the regex (doctest's "[doctest] " prefix and runs of spaces cut).
+run_step() {
+  local step=$1 cap=$2 pick=$3
+  shift 3
+  local budget
+  budget=$(left)
+  if (( budget < 30 )); then record "$step" SKIP 0 "out of time"; return; fi
+  (( budget > cap )) && budget=$cap
+  say "$step (limit $budget s)"
+  local t=$SECONDS
+  timeout "$budget" "$@" >"$out/.step.log" 2>&1
+  local rc=$?
+  cat "$out/.step.log" >>"$log"
+  local detail
+  detail=$(grep -E "$pick" "$out/.step.log" | tail -n1 | sed 's/^\[doctest\] //; s/  */ /g')
+  record_exit "$step" "$rc" "$t" "$budget" "$detail" "${detail:-see gpu_check.log}"
+  say "$step: exit $rc in $((SECONDS - t)) s; $detail"
+}
+
 # ---- tests ----------------------------------------------------------------------------
 for tg in "${host_tests[@]}" "${gpu_tests[@]}"; do
   if ! is_built "$tg"; then record "$tg" FAIL 0 "not built"; continue; fi
-  budget=$(left)
-  if (( budget < 30 )); then record "$tg" SKIP 0 "out of time"; continue; fi
-  (( budget > 150 )) && budget=150
-  say "running $tg"
-  t=$SECONDS
-  timeout "$budget" "$(bin_of "$tg")" >"$out/.test.log" 2>&1
-  rc=$?
-  cat "$out/.test.log" >>"$log"
-  counts=$(grep -E '^\[doctest\] test cases:' "$out/.test.log" | tail -n1 | sed 's/\[doctest\] //; s/  */ /g')
-  record_exit "$tg" "$rc" "$t" "$budget" "$counts" "$counts"
-  say "$tg: exit $rc in $((SECONDS - t)) s; $counts"
+  run_step "$tg" 150 '^\[doctest\] test cases:' "$(bin_of "$tg")"
 done
-rm -f "$out/.test.log"
 
 # ---- compute-sanitizer memcheck on the kernel test -----------------------------------
 san=$(command -v compute-sanitizer)
@@ -359,26 +369,6 @@ data_dir=/usr/share/datasets/fashion-mnist
 [[ -f "$root/.carry/fashion-mnist/train-images-idx3-ubyte.gz" ]] && data_dir="$root/.carry/fashion-mnist"
 [[ -f "$data_dir/train-images-idx3-ubyte.gz" ]] || data_dir=""
 
-# run_step STEP LIMIT PASS_REGEX_FOR_DETAIL CMD...: runs CMD (output to
-# $out/STEP.log, appended to gpu_check.log), records its exit status and, as
-# the detail, the last output line matching the regex.
-run_step() {
-  local step=$1 cap=$2 pick=$3
-  shift 3
-  local budget
-  budget=$(left)
-  if (( budget < 30 )); then record "$step" SKIP 0 "out of time"; return; fi
-  (( budget > cap )) && budget=$cap
-  say "$step (limit $budget s)"
-  local t=$SECONDS
-  timeout "$budget" "$@" >"$out/.step.log" 2>&1
-  local rc=$?
-  cat "$out/.step.log" >>"$log"
-  local detail
-  detail=$(grep -E "$pick" "$out/.step.log" | tail -n1 | sed 's/^\[[0-9,]*\]<[a-z]*>: //')
-  record_exit "$step" "$rc" "$t" "$budget" "$detail" "${detail:-see gpu_check.log}"
-  say "$step: exit $rc in $((SECONDS - t)) s; $detail"
-}
 
 # GPU ranks over host-staged MPI against the host backend over MPI (and the
 # NCCL_HOSTID attempt), 2 and 4 ranks sharing the GPU.
@@ -424,10 +414,11 @@ if [[ -n "$data_dir" ]] && is_built dasgd_libtorch_fashion_mnist; then
   torch_ver=$(python3 -c 'import torch; print(torch.__version__)' 2>/dev/null)
   say "torch: ${torch_ver:-not importable} (${torch_lib:-no lib folder})"
   tx=$(bin_of dasgd_libtorch_fashion_mnist)
-  if [[ -n "$torch_lib" ]] && LD_LIBRARY_PATH="$torch_lib:${LD_LIBRARY_PATH:-}" ldd "$tx" | grep -q 'not found'; then
-    record torch_example FAIL 0 "does not load with torch $torch_ver: $(LD_LIBRARY_PATH="$torch_lib:${LD_LIBRARY_PATH:-}" ldd "$tx" | grep 'not found' | head -n2 | tr '\n' ' ')"
+  export LD_LIBRARY_PATH="${torch_lib:+$torch_lib:}${LD_LIBRARY_PATH:-}"
+  unloadable=$(ldd "$tx" | grep 'not found' | head -n2 | tr '\n' ' ')
+  if [[ -n "$unloadable" ]]; then
+    record torch_example FAIL 0 "does not load with torch ${torch_ver:-(none)}: $unloadable"
   else
-    export LD_LIBRARY_PATH="$torch_lib:${LD_LIBRARY_PATH:-}"
     run_step torch_example.threads.dasgd 150 'final test accuracy|step-time ratio' \
       "$tx" --device cuda --data-dir "$data_dir" --workers 4 --epochs 10 --compare-torch-optim
     run_step torch_example.threads.sync 150 'final test accuracy' \
