@@ -370,8 +370,9 @@ data_dir=/usr/share/datasets/fashion-mnist
 [[ -f "$data_dir/train-images-idx3-ubyte.gz" ]] || data_dir=""
 
 
-# GPU ranks over host-staged MPI against the host backend over MPI (and the
-# NCCL_HOSTID attempt), 2 and 4 ranks sharing the GPU.
+# GPU ranks over host-staged MPI and cuda_mpi_communicator (both routes)
+# against the host backend over MPI (and the NCCL_HOSTID attempt), 2 and 4
+# ranks sharing the GPU.
 if (( ${#mpirun_[@]} )) && is_built dasgd.test.cuda.mpi_trainer; then
   for n in 2 4; do
     run_step "mpi_trainer.np$n" 150 '^\[doctest\] test cases:|NCCL' \
@@ -434,7 +435,7 @@ fi
 
 # compute-sanitizer over the multi-stream paths: the device group (several
 # streams and events across ranks) under memcheck, racecheck and synccheck,
-# and the host-staged MPI ranks under memcheck.
+# and the MPI ranks (host-staged SGD, both cuda_mpi routes) under memcheck.
 if [[ -n "$san" ]] && is_built dasgd.test.cuda.device_group; then
   for tool in memcheck racecheck synccheck; do
     run_step "sanitizer.$tool.device_group" 120 'ERROR SUMMARY|RACECHECK SUMMARY' \
@@ -443,7 +444,7 @@ if [[ -n "$san" ]] && is_built dasgd.test.cuda.device_group; then
   if (( ${#mpirun_[@]} )) && is_built dasgd.test.cuda.mpi_trainer; then
     run_step sanitizer.memcheck.mpi_trainer.np2 150 'ERROR SUMMARY' \
       "${mpirun_[@]}" -n 2 -x DASGD_MPI_TEST_DEADLINE=140 "$san" --tool memcheck --error-exitcode 99 \
-      --print-limit 20 "$(bin_of dasgd.test.cuda.mpi_trainer)"
+      --print-limit 20 "$(bin_of dasgd.test.cuda.mpi_trainer)" '--test-case=*SGD momentum*,*cuda_mpi*'
   fi
 else
   record sanitizer SKIP 0 "compute-sanitizer not found or the device group test not built"

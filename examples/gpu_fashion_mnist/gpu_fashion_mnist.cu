@@ -2,15 +2,15 @@
 // (cuBLAS + small kernels, gpu_mlp.cuh) trained by several workers with the
 // CUDA backend. Workers are either threads of this process sharing the GPU
 // (comm::device_group, averaged on the device) or MPI ranks
-// (comm::host_staged_communicator over mpi_communicator; several ranks may
-// share one GPU). Data, schedule and evaluation follow the host example:
+// (comm::cuda_mpi_communicator: device pointers straight to a CUDA-aware
+// MPI, host staging otherwise; several ranks may share one GPU). Data, schedule and evaluation follow the host example:
 // every epoch all workers draw the same permutation and worker r takes the
 // r-th contiguous shard; the learning rate follows a cosine schedule; at
 // each epoch's end trainer.synchronize() makes the replicas equal and each
 // worker evaluates a slice of the test set.
 //
 //   dasgd_gpu_fashion_mnist --workers 4 --algo dasgd --tau 4 --delay 1
-//   mpiexec -n 4 dasgd_gpu_fashion_mnist --comm mpi
+//   mpiexec -n 4 dasgd_gpu_fashion_mnist --comm mpi [--mpi-device-pointers never]
 //   mpiexec -n 4 dasgd_gpu_fashion_mnist --comm nccl   # NCCL, bootstrapped over MPI
 //   dasgd_gpu_fashion_mnist --check-gradients   # one batch: GPU vs the Eigen model
 //   dasgd_gpu_fashion_mnist --comm staged --link-gbps 4
@@ -35,6 +35,7 @@
 #include <dasgd/comm/host_staged.hpp>
 #if defined(DASGD_HAS_MPI)
 #include <dasgd/comm/mpi.hpp>
+#include <dasgd/kernels/cuda/cuda_mpi_runtime.cuh>
 #if defined(DASGD_HAS_NCCL)
 #include <dasgd/comm/nccl.hpp>
 #endif
@@ -48,6 +49,7 @@
 #include <exception>
 #include <filesystem>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -79,6 +81,7 @@ struct options {
   long test_samples = 0;
   std::uint64_t seed = 1;
   bool check_gradients = false;
+  std::string mpi_device_pointers = "auto";  ///< --comm mpi: auto, never, always
   double link_gbps = 0.0;        ///< --comm staged: emulated link bandwidth (0: none)
   double link_latency_us = 0.0;  ///< --comm staged: emulated latency per collective
 };
@@ -269,10 +272,14 @@ int main(int argc, char** argv) {
   CLI::App app{"Fashion-MNIST MLP on the GPU with dasgd (CUDA backend)"};
   app.add_option("--workers", o.workers, "workers (threads sharing the GPU; with --comm mpi: the MPI ranks)");
   app.add_option("--comm", o.comm,
-                 "threads (device group), mpi (host-staged MPI), nccl (NCCL set up over MPI), or staged "
+                 "threads (device group), mpi (device tensors over MPI), nccl (NCCL set up over MPI), or staged "
                  "(threads, host-staged over the in-process host communicator with --link-gbps / "
                  "--link-latency-us)")
       ->check(CLI::IsMember({"threads", "mpi", "nccl", "staged"}));
+  app.add_option("--mpi-device-pointers", o.mpi_device_pointers,
+                 "--comm mpi: auto (device pointers when the MPI reports CUDA support), never (host staging), "
+                 "always (an MPI that cannot be asked)")
+      ->check(CLI::IsMember({"auto", "never", "always"}));
   app.add_option("--algo", o.algo, "dasgd or sync")->check(CLI::IsMember({"dasgd", "sync"}));
   app.add_option("--tau", o.tau, "steps per round");
   app.add_option("--delay", o.delay, "delay in steps");
@@ -314,10 +321,20 @@ int main(int argc, char** argv) {
       cudaStream_t s = nullptr;
       DASGD_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
       const bool nccl = o.comm == "nccl";
+      std::optional<dasgd::comm::cuda_mpi_communicator> over_mpi;
+      if (!nccl) {
+        dasgd::comm::cuda_mpi_options mo;
+        mo.device_pointers = o.mpi_device_pointers == "never"    ? dasgd::comm::mpi_device_pointers::never
+                             : o.mpi_device_pointers == "always" ? dasgd::comm::mpi_device_pointers::always
+                                                                 : dasgd::comm::mpi_device_pointers::automatic;
+        over_mpi.emplace(dasgd::comm::mpi_communicator(), s, mo);
+      }
+      const std::string how = nccl ? std::string("NCCL")
+                                   : std::string("MPI, route ") + dasgd::comm::to_string(over_mpi->route());
       if (rank == 0)
         std::printf("Fashion-MNIST MLP on the GPU | %d MPI ranks, %s | %s tau=%d delay=%d merge=%s | "
                     "lr %.3g (cosine) momentum %.2g | batch %d/worker, %d epochs\n",
-                    n, nccl ? "NCCL" : "host-staged", o.algo.c_str(), o.tau, o.delay, o.merge.c_str(), o.lr,
+                    n, how.c_str(), o.algo.c_str(), o.tau, o.delay, o.merge.c_str(), o.lr,
                     o.momentum, o.batch, o.epochs);
       const auto sum = [&](const std::vector<double>& v) { return fashion_mnist::sum_over_ranks(world, v); };
       train_result res;
@@ -335,9 +352,7 @@ int main(int argc, char** argv) {
         DASGD_THROW(dasgd::config_error, "--comm nccl: this build has no NCCL");
 #endif
       } else {
-        res = train(dasgd::comm::host_staged_communicator<dasgd::comm::mpi_communicator>(
-                        dasgd::comm::mpi_communicator(), s),
-                    rank, n, data, o, s, sum);
+        res = train(std::move(*over_mpi), rank, n, data, o, s, sum);
       }
       if (rank == 0)
         std::printf("final test accuracy %.4f after %d epochs; mean step time %.4f ms\n", res.accuracy, o.epochs,

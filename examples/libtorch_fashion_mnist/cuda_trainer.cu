@@ -12,8 +12,8 @@
 #include <dasgd/policy/fixed_delay.hpp>
 
 #if DASGD_HAS_MPI
-#include <dasgd/comm/host_staged.hpp>
 #include <dasgd/comm/mpi.hpp>
+#include <dasgd/kernels/cuda/cuda_mpi_runtime.cuh>
 #endif
 
 namespace torch_fashion_mnist {
@@ -64,7 +64,7 @@ void cuda_thread_group::abort(const std::string& why) const { impl_->group.abort
 std::unique_ptr<cuda_trainer> make_mpi_cuda_trainer(const cuda_trainer::params_type& params, cudaStream_t stream,
                                                     dasgd::device_allocator allocator,
                                                     const cuda_trainer_settings& settings) {
-  using comm_type = dasgd::comm::host_staged_communicator<dasgd::comm::mpi_communicator>;
+  using comm_type = dasgd::comm::cuda_mpi_communicator;  // device pointers to a CUDA-aware MPI, else host staging
   return std::make_unique<cuda_trainer_over<comm_type>>(
       params, comm_type(dasgd::comm::mpi_communicator(), stream), stream, std::move(allocator), settings);
 }

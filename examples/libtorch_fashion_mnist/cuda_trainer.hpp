@@ -69,8 +69,9 @@ class cuda_thread_group {
 };
 
 #if DASGD_HAS_MPI
-/// One worker per MPI rank: comm::host_staged_communicator over a new
-/// mpi_communicator (MPI_COMM_WORLD duplicated; collective over the ranks).
+/// One worker per MPI rank: comm::cuda_mpi_communicator over a new
+/// mpi_communicator (MPI_COMM_WORLD duplicated; collective over the ranks):
+/// device pointers to a CUDA-aware MPI, host staging otherwise.
 std::unique_ptr<cuda_trainer> make_mpi_cuda_trainer(const cuda_trainer::params_type& params,
                                                     cudaStream_t stream, dasgd::device_allocator allocator,
                                                     const cuda_trainer_settings& settings);

@@ -12,7 +12,8 @@
 // current stream of its thread), which the trainer's passes and collectives
 // use too. Worker threads share the process's GPUs (worker r on device
 // r % count) through comm::device_group; MPI ranks (local rank % count)
-// average through comm::host_staged_communicator over MPI. The trainer
+// average through comm::cuda_mpi_communicator (device pointers to a
+// CUDA-aware MPI, host staging otherwise). The trainer
 // lives in cuda_trainer.cu (nvcc), the model here (torch).
 //
 // Every worker starts from its own random initialisation (seed + rank);
@@ -621,7 +622,7 @@ int run_mpi(int argc, char** argv) {
     std::optional<fashion_mnist::progress_display> progress;
     fashion_mnist::csv_log csv;
     if (rank == 0) {
-      print_setup(o, cpu_data, devices == 0 ? "MPI ranks" : "MPI ranks on CUDA (host-staged)", steps);
+      print_setup(o, cpu_data, devices == 0 ? "MPI ranks" : "MPI ranks on CUDA (cuda_mpi_communicator)", steps);
       progress.emplace(o.epochs, steps, false);  // under mpiexec: plain lines
       if (!o.csv_path.empty()) csv = fashion_mnist::csv_log{o.csv_path};
     }

@@ -6,7 +6,9 @@
 // average crosses the ranks; the two runs must agree within the storage
 // tolerance at every step. Without a device every rank exits with 77
 // (skipped). The stall and mismatch paths of the staging are tested on the
-// host (test_host_staged_fake.cpp); MPI's own in tests/mpi.
+// host (test_host_staged_fake.cpp); MPI's own in tests/mpi. The same
+// comparison runs through comm::cuda_mpi_communicator on both of its routes
+// (test_cuda_mpi_fake.cpp covers them on the host).
 #include <doctest/doctest.h>
 
 #include <dasgd/comm/host_staged.hpp>
@@ -126,6 +128,111 @@ TEST_CASE("GPU workers over host-staged MPI match the host backend: AdamW") {
   SUBCASE("bf16 + fp32 master, mix") { every_delay<__nv_bfloat16>(optim::adamw{.lr = 1e-2}, merge::mix{0.25}, true); }
   SUBCASE("bf16 + fp32 master, additive") {
     every_delay<__nv_bfloat16>(optim::adamw{.lr = 1e-2}, merge::additive{}, true);
+  }
+}
+
+// --- comm::cuda_mpi_communicator ---------------------------------------------
+#include <dasgd/kernels/cuda/cuda_mpi_runtime.cuh>
+
+namespace {
+
+/// The direct route with staging buffers in managed memory, which the host
+/// can read: an MPI that is not CUDA-aware (the test machine's) then works
+/// on them as a CUDA-aware one works on device memory, so the route's
+/// copies, kernels and ordering run on the GPU. (The real route allocates
+/// with cudaMalloc.)
+struct managed_staging_runtime : kernels::cuda_mpi_runtime {
+  static cudaError_t malloc_device(void** p, std::size_t bytes) { return cudaMallocManaged(p, bytes); }
+  static comm::mpi_cuda_support mpi_support() { return comm::mpi_cuda_support::yes; }
+};
+
+comm::cuda_mpi_options cuda_mpi_opts(comm::mpi_device_pointers p) {
+  comm::cuda_mpi_options o;
+  o.staging = staged_opts();
+  o.device_pointers = p;
+  return o;
+}
+
+template <class Runtime>
+struct cuda_mpi_factory {
+  comm::mpi_device_pointers pointers = comm::mpi_device_pointers::automatic;
+  comm::basic_cuda_mpi_communicator<Runtime> operator()(cudaStream_t s) const {
+    return comm::basic_cuda_mpi_communicator<Runtime>(comm::mpi_communicator(MPI_COMM_WORLD, mpi_opts()), s,
+                                                      cuda_mpi_opts(pointers));
+  }
+};
+
+template <class T>
+void check_route_kernels(std::size_t n) {
+  CAPTURE(n);
+  test::stream_holder s;
+  std::mt19937 rng(5);
+  std::vector<T> in(n);
+  for (auto& x : in) x = test::random_storage<T>(rng, -3.0, 3.0);
+  cuda_backend b(s.s);
+  auto d_in = b.allocate<T>(n);
+  auto d_wide = b.allocate<float>(n);
+  auto d_out = b.allocate<T>(n);
+  DASGD_CUDA_CHECK(cudaMemcpy(d_in.data(), in.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+  DASGD_CUDA_CHECK(kernels::cuda_mpi_runtime::launch_widen<T>(d_in.data(), d_wide.data(), n, s.s));
+  DASGD_CUDA_CHECK((kernels::cuda_mpi_runtime::launch_scale<T, float>(d_wide.data(), d_out.data(), n, 0.25f, s.s)));
+  DASGD_CUDA_CHECK(cudaStreamSynchronize(s.s));
+  std::vector<float> wide(n);
+  std::vector<T> out(n);
+  DASGD_CUDA_CHECK(cudaMemcpy(wide.data(), d_wide.data(), n * sizeof(float), cudaMemcpyDeviceToHost));
+  DASGD_CUDA_CHECK(cudaMemcpy(out.data(), d_out.data(), n * sizeof(T), cudaMemcpyDeviceToHost));
+  bool ok = true;
+  for (std::size_t i = 0; i < n; ++i) {
+    ok = ok && wide[i] == to_compute<float>(in[i]);
+    ok = ok && to_compute<float>(out[i]) == to_compute<float>(to_storage<T>(to_compute<float>(in[i]) * 0.25f));
+  }
+  CHECK(ok);
+}
+
+}  // namespace
+
+TEST_CASE("cuda_mpi: the direct route's kernels (widen to fp32, scale to storage) match the host") {
+  for (std::size_t n : {std::size_t(1), std::size_t(1000), std::size_t(3) << 20}) {
+    check_route_kernels<__nv_bfloat16>(n);
+    check_route_kernels<__half>(n);
+  }
+}
+
+TEST_CASE("GPU workers over cuda_mpi_communicator match the host backend, on each route") {
+  const auto support = comm::detail::query_mpi_cuda_support();
+  MESSAGE("rank ", world_rank(), ": this MPI reports CUDA support: ", comm::to_string(support));
+  {
+    // automatic: the direct route where the MPI is CUDA-aware, host staging otherwise.
+    test::stream_holder s;
+    auto probe = cuda_mpi_factory<kernels::cuda_mpi_runtime>{}(s.s);
+    MESSAGE("automatic route: ", comm::to_string(probe.route()));
+    CHECK(probe.route() == (support == comm::mpi_cuda_support::yes ? comm::cuda_mpi_route::device_direct
+                                                                    : comm::cuda_mpi_route::host_staged));
+  }
+  every_delay<float>(optim::sgd{.lr = 0.05, .momentum = 0.9}, merge::mix{0.25}, false,
+                     cuda_mpi_factory<kernels::cuda_mpi_runtime>{});
+  // The direct route on the GPU, its staging in managed memory. MPI reads
+  // it on the host while other kernels run, which needs concurrent managed
+  // access (every rank asks the same device model, so all skip or none).
+  int device = 0;
+  int concurrent = 0;
+  DASGD_CUDA_CHECK(cudaGetDevice(&device));
+  DASGD_CUDA_CHECK(cudaDeviceGetAttribute(&concurrent, cudaDevAttrConcurrentManagedAccess, device));
+  if (concurrent != 0) {
+    cuda_mpi_factory<managed_staging_runtime> managed{comm::mpi_device_pointers::always};
+    every_delay<float>(optim::sgd{.lr = 0.05, .momentum = 0.9}, merge::mix{0.25}, false, managed);
+    every_delay<float>(optim::adamw{.lr = 1e-2}, merge::additive{}, false, managed);
+    every_delay<__nv_bfloat16>(optim::sgd{.lr = 0.05, .momentum = 0.9}, merge::mix{0.25}, true, managed);
+    every_delay<__nv_bfloat16>(optim::adamw{.lr = 1e-2}, merge::additive{}, false, managed);
+    MESSAGE("direct route with managed staging: ran");
+  } else {
+    MESSAGE("direct route with managed staging: skipped (no concurrent managed access on this device)");
+  }
+  if (support == comm::mpi_cuda_support::yes) {
+    // A CUDA-aware MPI: device pointers straight from cudaMalloc.
+    cuda_mpi_factory<kernels::cuda_mpi_runtime> direct{comm::mpi_device_pointers::always};
+    every_delay<float>(optim::adamw{.lr = 1e-2}, merge::mix{0.25}, false, direct);
+    every_delay<__nv_bfloat16>(optim::sgd{.lr = 0.05, .momentum = 0.9}, merge::additive{}, true, direct);
   }
 }
 

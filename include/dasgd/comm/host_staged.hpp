@@ -34,9 +34,11 @@
 // communicator fails that collective on every rank and does not latch. A
 // dropped request never writes its `recv`.
 //
-// Not offered: passing device pointers straight to a CUDA-aware MPI. The
-// MPI communicator finishes an average on the host (the scale pass, the
-// fp32 sum of 16-bit words), which must not touch device memory.
+// The staging engine below is also the direct route of comm/cuda_mpi.hpp:
+// there a job's staging buffer is device memory that a CUDA-aware MPI sums
+// in place (one buffer, `in_place`), and its stage-in and stage-out are a
+// device copy or kernel instead of the copies to and from pinned memory.
+// Each job carries its route as closures, set by the communicator.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -80,15 +82,31 @@ struct host_staged_options {
 
 namespace detail {
 
-/// A pinned host buffer the staging reuses across rounds, with the event
-/// recorded after the last copy that touches it: free again once no job
-/// owns it and that copy has finished.
-struct pinned_slot {
+/// Where the staging buffers live: pinned host memory (the inner
+/// communicator averages host memory) or device memory (a CUDA-aware MPI
+/// works on it directly, comm/cuda_mpi.hpp).
+enum class staging_memory { pinned_host, device };
+
+/// A staging buffer reused across rounds, with the event recorded after the
+/// last copy or kernel that touches it: free again once no job owns it and
+/// that work has finished. `memory` frees the buffer when its last owner
+/// lets go; a direct MPI collective on it holds a share.
+struct staging_slot {
+  std::shared_ptr<void> memory;
   void* data = nullptr;
   std::size_t bytes = 0;
   cudaEvent_t copied = nullptr;
   bool owned = false;
 };
+
+/// Staging buffers that may still be written (a stalled stream, a stranded
+/// collective): kept, reachable, for the rest of the process.
+inline void keep_slots_forever(std::vector<std::unique_ptr<staging_slot>> slots) {
+  static std::mutex m;
+  static auto* kept = new std::vector<std::unique_ptr<staging_slot>>();  // intentionally leaked
+  std::lock_guard lk(m);
+  for (auto& s : slots) kept->push_back(std::move(s));
+}
 
 template <class Inner, class Cuda>
 class staging_engine;
@@ -101,11 +119,20 @@ struct staged_job {
   enum class status { queued, running, done, failed };
 
   kind what = kind::average;
-  std::size_t bytes = 0;
-  void* device_recv = nullptr;
-  pinned_slot* send_slot = nullptr;
-  pinned_slot* recv_slot = nullptr;
-  std::function<inner_request(Inner&, const void*, void*)> start;
+  std::size_t bytes = 0;       ///< of the user's buffers (0: stage nothing)
+  std::size_t slot_bytes = 0;  ///< of each staging buffer
+  bool in_place = false;       ///< one staging buffer, read and written by the inner collective
+  // The route (how the buffers get in and out, what the inner collective
+  // is), set by the communicator that posts the job. stage_in runs on the
+  // staging stream after the compute stream's snapshot; stage_out after
+  // the inner collective, unless the request was dropped.
+  std::function<cudaError_t(void* slot, cudaStream_t)> stage_in;
+  std::function<inner_request(Inner&, void* send_slot, void* recv_slot, const std::shared_ptr<void>& owner)> start;
+  std::function<cudaError_t(const void* slot, cudaStream_t)> stage_out;
+  const char* stage_in_call = "";
+  const char* stage_out_call = "";
+  staging_slot* send_slot = nullptr;
+  staging_slot* recv_slot = nullptr;
   std::uint64_t gather_value = 0;
   std::vector<std::uint64_t> gathered;
 
@@ -125,10 +152,12 @@ class staging_engine {
   using job = staged_job<Inner, Cuda>;
   using clock = std::chrono::steady_clock;
 
-  staging_engine(Inner inner, cudaStream_t compute, host_staged_options options)
-      : inner_(std::move(inner)), compute_(compute), options_(options) {
-    DASGD_REQUIRE(options_.timeout.count() > 0, config_error,
-                  "host-staged communicator: timeout must be positive, got ", options_.timeout.count(), " ms");
+  /// `name` (a literal) introduces its error messages.
+  staging_engine(Inner inner, cudaStream_t compute, host_staged_options options,
+                 staging_memory memory = staging_memory::pinned_host, const char* name = "host-staged communicator")
+      : inner_(std::move(inner)), compute_(compute), options_(options), memory_(memory), name_(name) {
+    DASGD_REQUIRE(options_.timeout.count() > 0, config_error, name_, ": timeout must be positive, got ",
+                  options_.timeout.count(), " ms");
     rank_ = static_cast<int>(inner_.rank());
     size_ = static_cast<int>(inner_.size());
     cuda_check(Cuda::get_device(&device_), "cudaGetDevice");
@@ -154,28 +183,22 @@ class staging_engine {
   cudaStream_t compute_stream() const { return compute_; }
   const host_staged_options& options() const { return options_; }
 
-  /// Queues the device-to-host copy of `send` after the work already on the
-  /// compute stream and hands the rest to the staging thread.
-  std::shared_ptr<job> post(typename job::kind what, const void* send, void* recv, std::size_t bytes,
-                            std::function<typename job::inner_request(Inner&, const void*, void*)> start) {
+  staging_memory memory() const { return memory_; }
+
+  /// Queues `j`'s stage_in after the work already on the compute stream
+  /// and hands the rest to the staging thread.
+  std::shared_ptr<job> post(std::shared_ptr<job> j) {
     std::unique_lock lk(m_);
     raise_if_failed_locked();
-    auto j = std::make_shared<job>();
-    j->what = what;
-    j->bytes = bytes;
-    j->device_recv = recv;
-    j->start = std::move(start);
     j->posted = clock::now();
-    j->send_slot = acquire_locked(bytes);
-    j->recv_slot = acquire_locked(bytes);
+    j->send_slot = acquire_locked(j->slot_bytes);
+    j->recv_slot = j->in_place ? j->send_slot : acquire_locked(j->slot_bytes);
     try {
       // One event serves every round: a stream wait captures the record
       // that precedes it.
       cuda_check(Cuda::event_record(snapshot_written_, compute_), "cudaEventRecord (compute stream)");
       cuda_check(Cuda::stream_wait_event(staging_, snapshot_written_), "cudaStreamWaitEvent (staging stream)");
-      if (bytes > 0)
-        cuda_check(Cuda::memcpy_async(j->send_slot->data, send, bytes, cudaMemcpyDeviceToHost, staging_),
-                   "cudaMemcpyAsync (snapshot to pinned memory)");
+      if (j->bytes > 0) cuda_check(j->stage_in(j->send_slot->data, staging_), j->stage_in_call);
       cuda_check(Cuda::event_record(j->send_slot->copied, staging_), "cudaEventRecord (staging stream)");
     } catch (const error& e) {
       latch_locked(::dasgd::detail::error_record::of(e));
@@ -213,7 +236,7 @@ class staging_engine {
     while (!finished_locked(j)) {
       if (done_cv_.wait_until(lk, deadline) == std::cv_status::timeout && !finished_locked(j)) {
         const std::string msg = ::dasgd::detail::concat(
-            "host-staged communicator (rank ", rank_, " of ", size_, "): a ", what_name(j.what),
+            name_, " (rank ", rank_, " of ", size_, "): a ", what_name(j.what),
             " did not finish within ", 2 * options_.timeout.count(), " ms of being posted");
         latch_locked(::dasgd::detail::error_record::of(timeout_error(msg, __FILE__, __LINE__)));
         failed_.raise();
@@ -249,7 +272,7 @@ class staging_engine {
 
   void cuda_check(cudaError_t e, const char* what) const {
     if (e != cudaSuccess)
-      DASGD_THROW(comm_error, "host-staged communicator (rank ", rank_, " of ", size_, "): ", what,
+      DASGD_THROW(comm_error, name_, " (rank ", rank_, " of ", size_, "): ", what,
                   " failed: ", Cuda::error_name(e), " (", Cuda::error_string(e), ")");
   }
 
@@ -274,23 +297,30 @@ class staging_engine {
     return true;
   }
 
-  /// A free pinned buffer of at least `bytes` (lock held). Allocation only
+  /// A free staging buffer of at least `bytes` (lock held). Allocation only
   /// happens the first rounds: slots are reused once their copies are done.
-  pinned_slot* acquire_locked(std::size_t bytes) {
-    pinned_slot* best = nullptr;
+  staging_slot* acquire_locked(std::size_t bytes) {
+    staging_slot* best = nullptr;
     for (auto& s : slots_) {
       if (s->owned || s->bytes < bytes) continue;
       if (Cuda::event_query(s->copied) != cudaSuccess) continue;  // a never-recorded event is complete
       if (best == nullptr || s->bytes < best->bytes) best = s.get();
     }
     if (best == nullptr) {
-      auto s = std::make_unique<pinned_slot>();
+      auto s = std::make_unique<staging_slot>();
       s->bytes = bytes;
       cuda_check(Cuda::event_create(&s->copied, cudaEventDisableTiming), "cudaEventCreateWithFlags");
-      if (const cudaError_t e = Cuda::malloc_host(&s->data, std::max<std::size_t>(bytes, 1)); e != cudaSuccess) {
+      const bool on_device = memory_ == staging_memory::device;
+      const std::size_t size = std::max<std::size_t>(bytes, 1);
+      if (const cudaError_t e = on_device ? Cuda::malloc_device(&s->data, size) : Cuda::malloc_host(&s->data, size);
+          e != cudaSuccess) {
         (void)Cuda::event_destroy(s->copied);
-        cuda_check(e, "cudaMallocHost");
+        cuda_check(e, on_device ? "cudaMalloc (staging buffer)" : "cudaMallocHost");
       }
+      if (on_device)
+        s->memory = std::shared_ptr<void>(s->data, [](void* p) { (void)Cuda::free_device(p); });
+      else
+        s->memory = std::shared_ptr<void>(s->data, [](void* p) { (void)Cuda::free_host(p); });
       slots_.push_back(std::move(s));
       best = slots_.back().get();
     }
@@ -309,7 +339,7 @@ class staging_engine {
       if (stopping_ || failed_) {
         j->error = failed_ ? failed_
                            : ::dasgd::detail::error_record::of(comm_error(
-                                 ::dasgd::detail::concat("host-staged communicator (rank ", rank_,
+                                 ::dasgd::detail::concat(name_, " (rank ", rank_,
                                                          "): destroyed with a ", what_name(j->what),
                                                          " not yet started"),
                                  __FILE__, __LINE__));
@@ -330,7 +360,7 @@ class staging_engine {
         }
         wait_for_copy(*j);
         const auto t0 = clock::now();
-        typename job::inner_request r = j->start(inner_, j->send_slot->data, j->recv_slot->data);
+        typename job::inner_request r = j->start(inner_, j->send_slot->data, j->recv_slot->data, j->send_slot->memory);
         try {
           r.wait();
         } catch (const timeout_error&) {
@@ -342,13 +372,13 @@ class staging_engine {
         lk.lock();
         j->inner_seconds = seconds;
         j->agreement = agreement;
-        j->send_slot->owned = false;
+        if (!j->in_place) j->send_slot->owned = false;  // an in-place slot is still to be read
         if (failed_ || stopping_) {
           // A wait() that timed out, or the owner going away: the device
           // buffer may be gone, so nothing is copied back.
           j->error = failed_ ? failed_
                              : ::dasgd::detail::error_record::of(comm_error(
-                                   ::dasgd::detail::concat("host-staged communicator (rank ", rank_,
+                                   ::dasgd::detail::concat(name_, " (rank ", rank_,
                                                            "): destroyed with a ", what_name(j->what), " in flight"),
                                    __FILE__, __LINE__));
           j->recv_slot->owned = false;
@@ -397,13 +427,15 @@ class staging_engine {
         cuda_check(e, "cudaEventQuery (snapshot copy)");
       }
       if (clock::now() > deadline)
-        DASGD_THROW(timeout_error, "host-staged communicator (rank ", rank_, " of ", size_,
-                    "): the snapshot's copy to host memory did not finish within ", options_.timeout.count(),
+        DASGD_THROW(timeout_error, name_, " (rank ", rank_, " of ", size_,
+                    "): the snapshot's copy to ",
+                    memory_ == staging_memory::device ? "the device staging buffer" : "host memory",
+                    " did not finish within ", options_.timeout.count(),
                     " ms (the compute stream is stalled or far behind)");
       {
         std::unique_lock lk(m_);
         if (cv_.wait_for(lk, options_.poll_interval, [&] { return stopping_; }))
-          DASGD_THROW(comm_error, "host-staged communicator (rank ", rank_,
+          DASGD_THROW(comm_error, name_, " (rank ", rank_,
                       "): destroyed while a snapshot was being staged");
       }
     }
@@ -411,9 +443,7 @@ class staging_engine {
 
   void queue_copy_back(job& j) {
     try {
-      if (j.bytes > 0)
-        cuda_check(Cuda::memcpy_async(j.device_recv, j.recv_slot->data, j.bytes, cudaMemcpyHostToDevice, staging_),
-                   "cudaMemcpyAsync (average to device memory)");
+      if (j.bytes > 0) cuda_check(j.stage_out(j.recv_slot->data, staging_), j.stage_out_call);
       cuda_check(Cuda::event_record(j.recv_slot->copied, staging_), "cudaEventRecord (staging stream)");
     } catch (...) {
       cuda_failure_ = true;
@@ -423,14 +453,16 @@ class staging_engine {
 
   void finish_locked(job& j, typename job::status s) {
     j.state = s;
-    j.start = nullptr;  // drops what the closure captured
+    j.stage_in = nullptr;  // drop what the closures captured
+    j.start = nullptr;
+    j.stage_out = nullptr;
     done_cv_.notify_all();
   }
 
   /// Stops the staging thread (it finishes the collective it is in, which
-  /// its own timeouts bound) and frees the pinned memory once no copy can
-  /// touch it any more. After a failure a stream may never drain: the
-  /// buffers are then left allocated rather than freed under a copy.
+  /// its own timeouts bound) and frees the staging buffers once no copy can
+  /// touch them any more. After a failure a stream may never drain: the
+  /// buffers are then kept rather than freed under a copy.
   void shutdown() noexcept {
     {
       std::lock_guard lk(m_);
@@ -453,10 +485,10 @@ class staging_engine {
       if (last != nullptr) (void)Cuda::event_destroy(last);
     }
     if (drained) {
-      for (auto& s : slots_) {
-        (void)Cuda::free_host(s->data);
-        (void)Cuda::event_destroy(s->copied);
-      }
+      for (auto& s : slots_) (void)Cuda::event_destroy(s->copied);
+      slots_.clear();  // frees each buffer once no direct collective holds it
+    } else {
+      keep_slots_forever(std::move(slots_));
     }
     (void)Cuda::event_destroy(snapshot_written_);
     (void)Cuda::stream_destroy(staging_);
@@ -466,6 +498,8 @@ class staging_engine {
   cudaStream_t compute_;
   cudaStream_t staging_ = nullptr;
   host_staged_options options_;
+  staging_memory memory_;
+  const char* name_;
   int rank_ = 0;
   int size_ = 1;
   int device_ = 0;
@@ -474,7 +508,7 @@ class staging_engine {
   std::condition_variable cv_;       // the staging thread: work or stop
   std::condition_variable done_cv_;  // waiters: a job finished
   std::deque<std::shared_ptr<job>> queue_;
-  std::vector<std::unique_ptr<pinned_slot>> slots_;
+  std::vector<std::unique_ptr<staging_slot>> slots_;
   cudaEvent_t snapshot_written_ = nullptr;  // recorded on the compute stream, E0
   ::dasgd::detail::error_record failed_;
   bool stopping_ = false;
@@ -490,10 +524,64 @@ struct staged_wire_type<Inner> {
   using wire_type = typename Inner::wire_type;
 };
 
-}  // namespace detail
-
+/// The host route: the snapshot is copied to pinned memory, `Inner` (a host
+/// communicator) averages it into a second pinned buffer, and the result is
+/// copied back.
 template <class Inner, class Cuda>
-class basic_host_staged_communicator;
+struct host_route {
+  using job = staged_job<Inner, Cuda>;
+
+  template <class V>
+  static std::shared_ptr<job> average(const V* send, V* recv, std::size_t n, const collective_signature& sig) {
+    auto j = copies(job::kind::average, send, recv, n * sizeof(V));
+    j->start = [n, sig](Inner& c, void* s, void* r, const std::shared_ptr<void>&) {
+      return c.iallreduce_average(std::span<const V>(static_cast<const V*>(s), n), std::span<V>(static_cast<V*>(r), n),
+                                  sig);
+    };
+    return j;
+  }
+
+  template <class V>
+  static std::shared_ptr<job> broadcast(const V* send, V* recv, std::size_t n, int root,
+                                        const collective_signature& sig) {
+    auto j = copies(job::kind::broadcast, send, recv, n * sizeof(V));
+    j->start = [n, root, sig](Inner& c, void* s, void* r, const std::shared_ptr<void>&) {
+      return c.ibroadcast(std::span<const V>(static_cast<const V*>(s), n), std::span<V>(static_cast<V*>(r), n), root,
+                          sig);
+    };
+    return j;
+  }
+
+ private:
+  static std::shared_ptr<job> copies(typename job::kind what, const void* send, void* recv, std::size_t bytes) {
+    auto j = std::make_shared<job>();
+    j->what = what;
+    j->bytes = j->slot_bytes = bytes;
+    j->stage_in = [send, bytes](void* slot, cudaStream_t s) {
+      return Cuda::memcpy_async(slot, send, bytes, cudaMemcpyDeviceToHost, s);
+    };
+    j->stage_in_call = "cudaMemcpyAsync (snapshot to pinned memory)";
+    j->stage_out = [recv, bytes](const void* slot, cudaStream_t s) {
+      return Cuda::memcpy_async(recv, slot, bytes, cudaMemcpyHostToDevice, s);
+    };
+    j->stage_out_call = "cudaMemcpyAsync (average to device memory)";
+    return j;
+  }
+};
+
+inline void check_staged_average(std::size_t send, std::size_t recv, int rank) {
+  DASGD_REQUIRE(send == recv, size_mismatch_error, "iallreduce_average: send has ", send, " elements but recv has ",
+                recv, " (rank ", rank, ")");
+}
+
+inline void check_staged_broadcast(std::size_t send, std::size_t recv, int root, int rank, int size) {
+  DASGD_REQUIRE(send == recv, size_mismatch_error, "ibroadcast: send has ", send, " elements but recv has ", recv,
+                " (rank ", rank, ")");
+  DASGD_REQUIRE(root >= 0 && root < size, config_error, "ibroadcast: root ", root, " is outside [0, ", size,
+                ") (rank ", rank, ")");
+}
+
+}  // namespace detail
 
 /// Handle to one staged collective (models dasgd::request). Dropping it
 /// while the collective is in flight is safe: the inner collective
@@ -501,6 +589,11 @@ class basic_host_staged_communicator;
 template <class Inner, class Cuda = detail::cuda_runtime>
 class basic_host_staged_request {
  public:
+  using engine_type = detail::staging_engine<Inner, Cuda>;
+  /// Made by the staged communicators (this one, comm/cuda_mpi.hpp).
+  basic_host_staged_request(std::shared_ptr<engine_type> e, std::shared_ptr<typename engine_type::job> j)
+      : engine_(std::move(e)), job_(std::move(j)) {}
+
   basic_host_staged_request(basic_host_staged_request&&) noexcept = default;
   basic_host_staged_request& operator=(basic_host_staged_request&& other) noexcept {
     if (this != &other) {
@@ -537,11 +630,6 @@ class basic_host_staged_request {
   }
 
  private:
-  friend class basic_host_staged_communicator<Inner, Cuda>;
-  using engine_type = detail::staging_engine<Inner, Cuda>;
-  basic_host_staged_request(std::shared_ptr<engine_type> e, std::shared_ptr<typename engine_type::job> j)
-      : engine_(std::move(e)), job_(std::move(j)) {}
-
   void require_valid() const {
     DASGD_REQUIRE(job_ != nullptr, state_error, "this host-staged request was moved from");
   }
@@ -580,40 +668,24 @@ class basic_host_staged_communicator : public detail::staged_wire_type<Inner> {
 
   template <storage_type T>
   request_type iallreduce_average(std::span<const T> send, std::span<T> recv, const collective_signature& sig = {}) {
-    using V = std::remove_cv_t<T>;
-    DASGD_REQUIRE(send.size() == recv.size(), size_mismatch_error, "iallreduce_average: send has ", send.size(),
-                  " elements but recv has ", recv.size(), " (rank ", rank(), ")");
-    const std::size_t n = send.size();
-    return post(engine_type::job::kind::average, send.data(), recv.data(), n * sizeof(V),
-                [n, sig](Inner& c, const void* s, void* r) {
-                  return c.iallreduce_average(std::span<const V>(static_cast<const V*>(s), n),
-                                              std::span<V>(static_cast<V*>(r), n), sig);
-                });
+    detail::check_staged_average(send.size(), recv.size(), rank());
+    return post(route::template average<std::remove_cv_t<T>>(send.data(), recv.data(), send.size(), sig));
   }
 
   template <storage_type T>
   request_type ibroadcast(std::span<const T> send, std::span<T> recv, int root, const collective_signature& sig) {
-    using V = std::remove_cv_t<T>;
-    DASGD_REQUIRE(send.size() == recv.size(), size_mismatch_error, "ibroadcast: send has ", send.size(),
-                  " elements but recv has ", recv.size(), " (rank ", rank(), ")");
-    DASGD_REQUIRE(root >= 0 && root < size(), config_error, "ibroadcast: root ", root, " is outside [0, ", size(),
-                  ") (rank ", rank(), ")");
-    const std::size_t n = send.size();
-    return post(engine_type::job::kind::broadcast, send.data(), recv.data(), n * sizeof(V),
-                [n, root, sig](Inner& c, const void* s, void* r) {
-                  return c.ibroadcast(std::span<const V>(static_cast<const V*>(s), n),
-                                      std::span<V>(static_cast<V*>(r), n), root, sig);
-                });
+    detail::check_staged_broadcast(send.size(), recv.size(), root, rank(), size());
+    return post(route::template broadcast<std::remove_cv_t<T>>(send.data(), recv.data(), send.size(), root, sig));
   }
 
   std::vector<std::uint64_t> allgather(std::uint64_t value) { return engine_->allgather(value); }
 
  private:
   using engine_type = detail::staging_engine<Inner, Cuda>;
+  using route = detail::host_route<Inner, Cuda>;
 
-  template <class F>
-  request_type post(typename engine_type::job::kind what, const void* send, void* recv, std::size_t bytes, F start) {
-    return request_type(engine_, engine_->post(what, send, recv, bytes, std::move(start)));
+  request_type post(std::shared_ptr<typename engine_type::job> j) {
+    return request_type(engine_, engine_->post(std::move(j)));
   }
 
   std::shared_ptr<engine_type> engine_;

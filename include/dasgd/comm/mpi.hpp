@@ -41,6 +41,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <span>
 #include <thread>
 #include <type_traits>
@@ -261,6 +262,33 @@ class mpi_communicator {
     return post<T>(detail::mpi_op::kind::broadcast, send, recv, root, sig);
   }
 
+  /// Starts data = the sum over ranks of data, in place, on memory that MPI
+  /// reads and writes itself: no staging copy and no scale pass (divide by
+  /// size() yourself). For memory only MPI can reach, such as device memory
+  /// with a CUDA-aware MPI (comm/cuda_mpi.hpp builds on it). `owner` keeps
+  /// `data` alive as long as MPI may touch it: past a dropped request, and
+  /// for the rest of the process if the collective is stranded by a
+  /// timeout. float and double only (16-bit words are summed by a host
+  /// operation, which must not see such memory). Collective, and checked
+  /// across ranks like iallreduce_average (whose data collective it shares,
+  /// so ranks may mix the two).
+  template <class T>
+    requires(std::is_same_v<T, float> || std::is_same_v<T, double>)
+  mpi_request iallreduce_sum_in_place(std::span<T> data, std::shared_ptr<void> owner,
+                                      const collective_signature& sig = {}) {
+    return post<T>(detail::mpi_op::kind::average, data, data, -1, sig, std::move(owner));
+  }
+
+  /// Starts data = the root's data on every rank, in place on memory MPI
+  /// reaches itself (see iallreduce_sum_in_place); any storage type.
+  template <storage_type T>
+  mpi_request ibroadcast_in_place(std::span<T> data, int root, std::shared_ptr<void> owner,
+                                  const collective_signature& sig) {
+    DASGD_REQUIRE(root >= 0 && root < size_, config_error, "ibroadcast_in_place: root ", root,
+                  " is outside [0, ", size_, ") (rank ", rank_, ")");
+    return post<T>(detail::mpi_op::kind::broadcast, data, data, root, sig, std::move(owner));
+  }
+
   /// Blocking gather of one value per rank, in rank order (honours the
   /// timeout like wait()).
   std::vector<std::uint64_t> allgather(std::uint64_t value) {
@@ -297,9 +325,12 @@ class mpi_communicator {
   }
 
  private:
+  /// `direct`: `owner` is set (it may own nothing) and MPI works on `recv`
+  /// in place.
   template <class T>
   mpi_request post(detail::mpi_op::kind what, std::span<const T> send, std::span<T> recv,
-                   int root, const collective_signature& sig) {
+                   int root, const collective_signature& sig,
+                   std::optional<std::shared_ptr<void>> owner = std::nullopt) {
     using V = std::remove_cv_t<T>;
     constexpr bool wide = std::is_same_v<V, float> || std::is_same_v<V, double>;
     require_valid();
@@ -326,6 +357,10 @@ class mpi_communicator {
     op->type_id = type_id<V>::value;
     op->type_name = type_id<V>::name;
     op->scale_out = &detail::mpi_scale_out<V>;
+    if (owner) {
+      op->direct = true;
+      op->keep_alive = std::move(*owner);
+    }
     return mpi_request(engine_, engine_->post(std::move(op)));
   }
 

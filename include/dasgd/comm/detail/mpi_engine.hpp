@@ -20,11 +20,15 @@
 // MPI_Finalize.
 //
 // Memory safety when a request is dropped early: MPI only ever touches
-// engine-owned staging memory. An average copies `send` into a staging
-// buffer, reduces that in place (MPI_SUM), and the scale pass writes
+// memory the engine owns. An average copies `send` into a staging buffer,
+// reduces that in place (MPI_SUM), and the scale pass writes
 // recv = staging / size. A request destroyed while its collective is still
 // in flight (after a timeout, or during unwinding) only stops that last
 // write. The engine keeps the staging buffer until MPI is done with it.
+// A direct collective (an in-place sum or broadcast on memory MPI must
+// reach itself: device memory with a CUDA-aware MPI) skips the staging;
+// its caller hands the engine shared ownership of that memory instead, held
+// as long as MPI may write it.
 //
 // Ordering: ops are issued strictly in post order (op k+1's signature
 // exchange is not issued before op k's data collective), so the sequence of
@@ -91,6 +95,10 @@ struct mpi_op {
   void (*scale_out)(const void* staging, void* recv, std::size_t count, int size) = nullptr;
   std::unique_ptr<std::byte[]> staging;
   std::size_t staging_bytes = 0;
+  /// Direct: MPI works in place on `recv` (no staging, no copy in, no scale
+  /// pass); `keep_alive` owns that memory while MPI may touch it.
+  bool direct = false;
+  std::shared_ptr<void> keep_alive;
 
   // A gather: every rank's `value`, in rank order.
   std::uint64_t value = 0;
@@ -279,7 +287,8 @@ class mpi_engine {
                     "the MPI communicator is unusable after an earlier MPI failure: ", poison_);
       op->seq = next_seq_++;
       op->posted_at = std::chrono::steady_clock::now();
-      if (op->what != mpi_op::kind::gather) take_staging(*op);
+      if (op->direct) op->copied_in = true;  // nothing to stage: MPI reads `recv` itself
+      else if (op->what != mpi_op::kind::gather) take_staging(*op);
       ++in_flight_;
       if (use_thread_) {
         queue_.push_back(op);
@@ -617,7 +626,8 @@ class mpi_engine {
     for (std::size_t first = 0; first < op.count; first += max_chunk) {
       const int n = static_cast<int>(std::min(max_chunk, op.count - first));
       MPI_Request req = MPI_REQUEST_NULL;
-      std::byte* chunk = op.staging.get() + first * op.element_bytes;
+      std::byte* base = op.direct ? static_cast<std::byte*>(op.recv) : op.staging.get();
+      std::byte* chunk = base + first * op.element_bytes;
       const int rc2 = op.what == mpi_op::kind::average
                           ? MPI_Iallreduce(MPI_IN_PLACE, chunk, n, op.type, op.reduce, comm_, &req)
                           : MPI_Ibcast(chunk, n, op.type, op.root, comm_, &req);
@@ -679,7 +689,7 @@ class mpi_engine {
     bool write = false;
     {
       std::lock_guard lk(m_);
-      write = !op.abandoned;
+      write = !op.abandoned && !op.direct;  // a direct result is already in place
       if (write) set_phase(op, mpi_op::phase::scaling_out);
     }
     if (write) {
