@@ -52,7 +52,6 @@
 #include <optional>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "gpu_mlp.cuh"
@@ -382,35 +381,28 @@ int main(int argc, char** argv) {
     dasgd::comm::inproc_group staged_group(o.workers, link);
     dasgd::comm::inproc_group sums(o.workers);
     std::vector<train_result> results(static_cast<std::size_t>(o.workers));
-    std::vector<std::thread> threads;
-    std::vector<std::string> errors(static_cast<std::size_t>(o.workers));
-    for (int r = 0; r < o.workers; ++r)
-      threads.emplace_back([&, r] {
-        try {
-          DASGD_CUDA_CHECK(cudaSetDevice(r % devices));
-          cudaStream_t s = nullptr;
-          DASGD_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-          auto host_comm = sums.communicator(r);
-          const auto sum = [&](const std::vector<double>& v) { return fashion_mnist::sum_over_ranks(host_comm, v); };
-          results[static_cast<std::size_t>(r)] =
-              staged ? train(dasgd::comm::host_staged_communicator<dasgd::comm::inproc_communicator>(
-                                 staged_group.communicator(r), s),
-                             r, o.workers, data, o, s, sum)
-                     : train(group.communicator(r, s), r, o.workers, data, o, s, sum);
-          DASGD_CUDA_CHECK(cudaStreamDestroy(s));
-        } catch (const std::exception& e) {
-          errors[static_cast<std::size_t>(r)] = e.what();
-          group.abort(e.what());
-          staged_group.abort(e.what());
-          sums.abort(e.what());
-        }
-      });
-    for (auto& t : threads) t.join();
-    for (int r = 0; r < o.workers; ++r)
-      if (!errors[static_cast<std::size_t>(r)].empty()) {
-        std::fprintf(stderr, "worker %d: %s\n", r, errors[static_cast<std::size_t>(r)].c_str());
-        return 1;
+    // run_workers aborts `sums` when a worker throws and rethrows the root
+    // cause; the device collectives' groups are aborted here, so no peer
+    // waits in one of them either.
+    dasgd::comm::run_workers(sums, [&](dasgd::comm::inproc_communicator host_comm) {
+      const int r = host_comm.rank();
+      try {
+        DASGD_CUDA_CHECK(cudaSetDevice(r % devices));
+        cudaStream_t s = nullptr;
+        DASGD_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+        const auto sum = [&](const std::vector<double>& v) { return fashion_mnist::sum_over_ranks(host_comm, v); };
+        results[static_cast<std::size_t>(r)] =
+            staged ? train(dasgd::comm::host_staged_communicator<dasgd::comm::inproc_communicator>(
+                               staged_group.communicator(r), s),
+                           r, o.workers, data, o, s, sum)
+                   : train(group.communicator(r, s), r, o.workers, data, o, s, sum);
+        DASGD_CUDA_CHECK(cudaStreamDestroy(s));
+      } catch (const std::exception& e) {
+        group.abort(e.what());
+        staged_group.abort(e.what());
+        throw;
       }
+    });
     std::printf("final test accuracy %.4f after %d epochs; mean step time %.4f ms\n", results[0].accuracy, o.epochs,
                 results[0].step_ms);
     return 0;
