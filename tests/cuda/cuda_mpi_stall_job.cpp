@@ -1,0 +1,92 @@
+// A job in which one rank's compute stream stalls for good while it posts a
+// device average through basic_cuda_mpi_communicator (the direct route,
+// over the fake CUDA runtime): its own staging gives up on the snapshot
+// copy and the others' MPI waits time out, so every rank must report
+// timeout_error within the timeout, and the job must end (mpi_environment
+// aborts it, the survivors' collectives being stranded). Run by
+// tests/mpi/run_stall_job.cmake, which times the job.
+//
+//   mpiexec -n N cuda_mpi_stall_job direct <timeout_ms>
+#include <dasgd/comm/cuda_mpi.hpp>
+#include <dasgd/comm/mpi.hpp>
+#include <dasgd/core/precision.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <span>
+
+#include "fake_nccl_runtime.hpp"
+
+namespace fk = dasgd_test::fake_nccl;
+
+namespace {
+
+/// The fake runtime with the direct route's kernels as host loops, and an
+/// MPI that says it takes device pointers (the fake's are host memory).
+struct stall_runtime : fk::runtime {
+  static dasgd::comm::mpi_cuda_support mpi_support() { return dasgd::comm::mpi_cuda_support::yes; }
+  template <class T>
+  static cudaError_t launch_widen(const T* in, float* out, std::size_t n, cudaStream_t s) {
+    fk::enqueue_host(s, [=] {
+      for (std::size_t i = 0; i < n; ++i) out[i] = dasgd::to_compute<float>(in[i]);
+    });
+    return cudaSuccess;
+  }
+  template <class T, class W>
+  static cudaError_t launch_scale(const W* sum, T* out, std::size_t n, W inv, cudaStream_t s) {
+    fk::enqueue_host(s, [=] {
+      for (std::size_t i = 0; i < n; ++i) out[i] = dasgd::to_storage<T>(sum[i] * inv);
+    });
+    return cudaSuccess;
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  dasgd::comm::mpi_environment env(argc, argv);
+  const auto timeout = std::chrono::milliseconds(argc > 2 ? std::atoi(argv[2]) : 2000);
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  const int stalled = size - 1;
+
+  dasgd::comm::mpi_options mo;
+  mo.timeout = timeout;
+  dasgd::comm::cuda_mpi_options co;
+  co.staging.timeout = timeout;
+  cudaStream_t compute = fk::new_stream();
+  constexpr std::size_t n = 1 << 16;
+  float* send = fk::device_alloc<float>(n);
+  float* recv = fk::device_alloc<float>(n);
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    dasgd::comm::basic_cuda_mpi_communicator<stall_runtime> comm(dasgd::comm::mpi_communicator(MPI_COMM_WORLD, mo),
+                                                                 compute, co);
+    if (comm.route() != dasgd::comm::cuda_mpi_route::device_direct) {
+      std::printf("rank %d: WRONG route %s\n", rank, dasgd::comm::to_string(comm.route()));
+      return 4;
+    }
+    for (int round = 0; round < 4; ++round) {
+      if (rank == stalled && round == 2) {
+        std::printf("rank %d: compute stream stalls at round %d\n", rank, round);
+        std::fflush(stdout);
+        fk::enqueue_gate(compute, [] { return false; });  // a kernel that never ends
+      }
+      auto req = comm.iallreduce_average(std::span<const float>(send, n), std::span<float>(recv, n));
+      req.wait();
+    }
+  } catch (const dasgd::timeout_error& e) {
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("rank %d: timeout_error after %.2f s: %s\n", rank, s, e.what());
+    std::fflush(stdout);
+    return 3;  // the destructors and mpi_environment end the job from here
+  } catch (const std::exception& e) {
+    std::printf("rank %d: WRONG exception: %s\n", rank, e.what());
+    std::fflush(stdout);
+    return 4;
+  }
+  std::printf("rank %d: finished without an error\n", rank);
+  return 0;
+}
