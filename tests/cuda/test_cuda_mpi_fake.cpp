@@ -333,3 +333,17 @@ TEST_CASE("ranks whose MPIs disagree on CUDA support get a config_error on every
   comm_type ok(mpi(), s, options(mpi_device_pointers::never));
   CHECK(ok.route() == cuda_mpi_route::host_staged);
 }
+
+TEST_CASE("a moved-from communicator refuses to be used") {
+  fresh_fake f;
+  runtime::support = mpi_cuda_support::yes;
+  cudaStream_t s = fk::new_stream();
+  comm_type c(mpi(), s, options(mpi_device_pointers::automatic));
+  comm_type moved(std::move(c));
+  CHECK(moved.route() == cuda_mpi_route::device_direct);
+  float* buf = fk::device_alloc<float>(4);
+  CHECK_THROWS_AS(c.size(), dasgd::state_error);  // NOLINT(bugprone-use-after-move): the point
+  CHECK_THROWS_AS(c.iallreduce_average(std::span<const float>(buf, 4), std::span<float>(buf, 4)),
+                  dasgd::state_error);
+  CHECK_THROWS_AS(c.allgather(1), dasgd::state_error);
+}

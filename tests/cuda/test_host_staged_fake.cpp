@@ -255,3 +255,17 @@ TEST_CASE("host-staged: bad arguments name the value and the rank") {
   bad.timeout = 0ms;
   CHECK_THROWS_AS(staged(group.communicator(0), s, bad), dasgd::config_error);
 }
+
+TEST_CASE("host-staged: a moved-from communicator refuses to be used") {
+  fresh_fake f;
+  auto group = group_of(1);
+  cudaStream_t s = fk::new_stream();
+  staged comm(group.communicator(0), s, staged_options());
+  staged moved(std::move(comm));
+  CHECK(moved.size() == 1);
+  float* buf = fk::device_alloc<float>(4);
+  CHECK_THROWS_AS(comm.rank(), dasgd::state_error);  // NOLINT(bugprone-use-after-move): the point
+  CHECK_THROWS_AS(comm.iallreduce_average(std::span<const float>(buf, 4), std::span<float>(buf, 4)),
+                  dasgd::state_error);
+  CHECK_THROWS_AS(comm.check_health(), dasgd::state_error);
+}

@@ -179,12 +179,12 @@ class basic_cuda_mpi_communicator {
     require_same_route();
   }
 
-  int size() const { return engine_->size(); }
-  int rank() const { return engine_->rank(); }
-  cudaStream_t compute_stream() const { return engine_->compute_stream(); }
+  int size() const { return engine().size(); }
+  int rank() const { return engine().rank(); }
+  cudaStream_t compute_stream() const { return engine().compute_stream(); }
   cuda_mpi_route route() const noexcept { return route_; }
   /// Throws the latched failure, if any.
-  void check_health() { engine_->check_health(); }
+  void check_health() { engine().check_health(); }
 
   template <storage_type T>
   request_type iallreduce_average(std::span<const T> send, std::span<T> recv, const collective_signature& sig = {}) {
@@ -204,7 +204,7 @@ class basic_cuda_mpi_communicator {
     return post(staged::template broadcast<V>(send.data(), recv.data(), send.size(), root, sig));
   }
 
-  std::vector<std::uint64_t> allgather(std::uint64_t value) { return engine_->allgather(value); }
+  std::vector<std::uint64_t> allgather(std::uint64_t value) { return engine().allgather(value); }
 
  private:
   using engine_type = detail::staging_engine<mpi_communicator, Cuda>;
@@ -212,13 +212,13 @@ class basic_cuda_mpi_communicator {
   using staged = detail::host_route<mpi_communicator, Cuda>;
 
   request_type post(std::shared_ptr<typename engine_type::job> j) {
-    return request_type(engine_, engine_->post(std::move(j)));
+    return request_type(engine_, engine().post(std::move(j)));
   }
 
   /// A job whose ranks took different routes would fail every 16-bit
   /// average with a type mismatch; say why once, at construction.
   void require_same_route() {
-    const auto routes = engine_->allgather(static_cast<std::uint64_t>(route_));
+    const auto routes = engine().allgather(static_cast<std::uint64_t>(route_));
     std::string table;
     bool same = true;
     for (std::size_t r = 0; r < routes.size(); ++r) {
@@ -233,6 +233,11 @@ class basic_cuda_mpi_communicator {
   }
 
   cuda_mpi_route route_;
+  engine_type& engine() const {
+    DASGD_REQUIRE(engine_ != nullptr, state_error, "this cuda_mpi_communicator was moved from");
+    return *engine_;
+  }
+
   std::shared_ptr<engine_type> engine_;
 };
 

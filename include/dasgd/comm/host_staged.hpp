@@ -660,11 +660,11 @@ class basic_host_staged_communicator : public detail::staged_wire_type<Inner> {
   basic_host_staged_communicator(Inner inner, cudaStream_t compute, host_staged_options options = {})
       : engine_(std::make_shared<engine_type>(std::move(inner), compute, options)) {}
 
-  int size() const { return engine_->size(); }
-  int rank() const { return engine_->rank(); }
-  cudaStream_t compute_stream() const { return engine_->compute_stream(); }
+  int size() const { return engine().size(); }
+  int rank() const { return engine().rank(); }
+  cudaStream_t compute_stream() const { return engine().compute_stream(); }
   /// Throws the latched failure, if any.
-  void check_health() { engine_->check_health(); }
+  void check_health() { engine().check_health(); }
 
   template <storage_type T>
   request_type iallreduce_average(std::span<const T> send, std::span<T> recv, const collective_signature& sig = {}) {
@@ -678,14 +678,19 @@ class basic_host_staged_communicator : public detail::staged_wire_type<Inner> {
     return post(route::template broadcast<std::remove_cv_t<T>>(send.data(), recv.data(), send.size(), root, sig));
   }
 
-  std::vector<std::uint64_t> allgather(std::uint64_t value) { return engine_->allgather(value); }
+  std::vector<std::uint64_t> allgather(std::uint64_t value) { return engine().allgather(value); }
 
  private:
   using engine_type = detail::staging_engine<Inner, Cuda>;
   using route = detail::host_route<Inner, Cuda>;
 
   request_type post(std::shared_ptr<typename engine_type::job> j) {
-    return request_type(engine_, engine_->post(std::move(j)));
+    return request_type(engine_, engine().post(std::move(j)));
+  }
+
+  engine_type& engine() const {
+    DASGD_REQUIRE(engine_ != nullptr, state_error, "this host-staged communicator was moved from");
+    return *engine_;
   }
 
   std::shared_ptr<engine_type> engine_;
