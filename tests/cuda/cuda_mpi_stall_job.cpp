@@ -17,6 +17,7 @@
 #include <span>
 
 #include "fake_nccl_runtime.hpp"
+#include "mpi/stall_job_outcome.hpp"
 
 namespace fk = dasgd_test::fake_nccl;
 
@@ -60,14 +61,11 @@ int main(int argc, char** argv) {
   constexpr std::size_t n = 1 << 16;
   float* send = fk::device_alloc<float>(n);
   float* recv = fk::device_alloc<float>(n);
-  const auto t0 = std::chrono::steady_clock::now();
-  try {
+  return dasgd::test::run_and_report(rank, [&] {
     dasgd::comm::basic_cuda_mpi_communicator<stall_runtime> comm(dasgd::comm::mpi_communicator(MPI_COMM_WORLD, mo),
                                                                  compute, co);
-    if (comm.route() != dasgd::comm::cuda_mpi_route::device_direct) {
-      std::printf("rank %d: WRONG route %s\n", rank, dasgd::comm::to_string(comm.route()));
-      return 4;
-    }
+    if (comm.route() != dasgd::comm::cuda_mpi_route::device_direct)
+      DASGD_THROW(dasgd::state_error, "the route is ", dasgd::comm::to_string(comm.route()));
     for (int round = 0; round < 4; ++round) {
       if (rank == stalled && round == 2) {
         std::printf("rank %d: compute stream stalls at round %d\n", rank, round);
@@ -77,16 +75,5 @@ int main(int argc, char** argv) {
       auto req = comm.iallreduce_average(std::span<const float>(send, n), std::span<float>(recv, n));
       req.wait();
     }
-  } catch (const dasgd::timeout_error& e) {
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("rank %d: timeout_error after %.2f s: %s\n", rank, s, e.what());
-    std::fflush(stdout);
-    return 3;  // the destructors and mpi_environment end the job from here
-  } catch (const std::exception& e) {
-    std::printf("rank %d: WRONG exception: %s\n", rank, e.what());
-    std::fflush(stdout);
-    return 4;
-  }
-  std::printf("rank %d: finished without an error\n", rank);
-  return 0;
+  });
 }

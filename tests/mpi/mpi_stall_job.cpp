@@ -18,6 +18,8 @@
 #include <thread>
 #include <vector>
 
+#include "stall_job_outcome.hpp"
+
 int main(int argc, char** argv) {
   dasgd::comm::mpi_environment env(argc, argv);
   const bool thread = argc > 1 && std::strcmp(argv[1], "test") != 0;
@@ -36,8 +38,7 @@ int main(int argc, char** argv) {
   dasgd::delayed_averager trainer(dasgd::make_tensor_list(w), dasgd::comm::mpi_communicator(MPI_COMM_WORLD, o),
                                   dasgd::policy::fixed_delay{.tau = 2, .delay = 1},
                                   dasgd::optim::sgd{.lr = 0.01}, dasgd::merge::mix{});
-  const auto t0 = std::chrono::steady_clock::now();
-  try {
+  return dasgd::test::run_and_report(rank, [&] {
     for (int k = 0; k < 20; ++k) {
       if (rank == stalled && k == 5) {
         std::printf("rank %d: stalling at step %d\n", rank, k);
@@ -46,16 +47,5 @@ int main(int argc, char** argv) {
       }
       trainer.step(g);
     }
-  } catch (const dasgd::timeout_error& e) {
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("rank %d: timeout_error after %.2f s: %s\n", rank, s, e.what());
-    std::fflush(stdout);
-    return 3;  // the destructors and mpi_environment end the job from here
-  } catch (const std::exception& e) {
-    std::printf("rank %d: WRONG exception: %s\n", rank, e.what());
-    std::fflush(stdout);
-    return 4;
-  }
-  std::printf("rank %d: finished without an error\n", rank);
-  return 0;
+  });
 }
