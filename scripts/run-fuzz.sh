@@ -15,11 +15,15 @@ out=build/fuzz
 mkdir -p "$out"
 flags=(-std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
        -fno-omit-frame-pointer -Iinclude -Itests)
+# The two variants build side by side (one core each on a 2-core runner).
+pids=()
 for variant in raw fixcrc; do
   defs=()
   [[ $variant == fixcrc ]] && defs=(-DDASGD_FUZZ_FIX_CRC=1)
-  "$cxx" "${flags[@]}" "${defs[@]}" tests/fuzz/checkpoint_fuzz.cpp -o "$out/checkpoint_fuzz_$variant"
+  "$cxx" "${flags[@]}" "${defs[@]}" tests/fuzz/checkpoint_fuzz.cpp -o "$out/checkpoint_fuzz_$variant" &
+  pids+=($!)
 done
+for pid in "${pids[@]}"; do wait "$pid"; done
 status=0
 for variant in raw fixcrc; do
   work="$out/corpus_$variant"
