@@ -113,9 +113,7 @@ struct device_route {
     j->slot_bytes = n * sizeof(W);
     j->in_place = true;
     if constexpr (std::is_same_v<V, W>) {
-      j->stage_in = [send, bytes = j->bytes](void* slot, cudaStream_t s) {
-        return Cuda::memcpy_async(slot, send, bytes, cudaMemcpyDeviceToDevice, s);
-      };
+      j->stage_in = copy_in(send, j->bytes);
       j->stage_in_call = "cudaMemcpyAsync (snapshot to the device staging buffer)";
     } else {
       j->stage_in = [send, n](void* slot, cudaStream_t s) {
@@ -140,9 +138,7 @@ struct device_route {
     j->what = job::kind::broadcast;
     j->bytes = j->slot_bytes = n * sizeof(V);
     j->in_place = true;
-    j->stage_in = [send, bytes = j->bytes](void* slot, cudaStream_t s) {
-      return Cuda::memcpy_async(slot, send, bytes, cudaMemcpyDeviceToDevice, s);
-    };
+    j->stage_in = copy_in(send, j->bytes);
     j->stage_in_call = "cudaMemcpyAsync (broadcast source to the device staging buffer)";
     j->start = [n, root, sig](mpi_communicator& c, void* slot, void*, const std::shared_ptr<void>& owner) {
       return c.ibroadcast_in_place(std::span<V>(static_cast<V*>(slot), n), root, owner, sig);
@@ -152,6 +148,14 @@ struct device_route {
     };
     j->stage_out_call = "cudaMemcpyAsync (broadcast result to device memory)";
     return j;
+  }
+
+ private:
+  /// A stage-in that copies `send` into the staging buffer as it is.
+  static auto copy_in(const void* send, std::size_t bytes) {
+    return [send, bytes](void* slot, cudaStream_t s) {
+      return Cuda::memcpy_async(slot, send, bytes, cudaMemcpyDeviceToDevice, s);
+    };
   }
 };
 
@@ -232,12 +236,12 @@ class basic_cuda_mpi_communicator {
                   "(never works everywhere)");
   }
 
-  cuda_mpi_route route_;
   engine_type& engine() const {
     DASGD_REQUIRE(engine_ != nullptr, state_error, "this cuda_mpi_communicator was moved from");
     return *engine_;
   }
 
+  cuda_mpi_route route_;
   std::shared_ptr<engine_type> engine_;
 };
 

@@ -93,7 +93,6 @@ enum class staging_memory { pinned_host, device };
 /// lets go; a direct MPI collective on it holds a share.
 struct staging_slot {
   std::shared_ptr<void> memory;
-  void* data = nullptr;
   std::size_t bytes = 0;
   cudaEvent_t copied = nullptr;
   bool owned = false;
@@ -183,8 +182,6 @@ class staging_engine {
   cudaStream_t compute_stream() const { return compute_; }
   const host_staged_options& options() const { return options_; }
 
-  staging_memory memory() const { return memory_; }
-
   /// Queues `j`'s stage_in after the work already on the compute stream
   /// and hands the rest to the staging thread.
   std::shared_ptr<job> post(std::shared_ptr<job> j) {
@@ -198,7 +195,7 @@ class staging_engine {
       // that precedes it.
       cuda_check(Cuda::event_record(snapshot_written_, compute_), "cudaEventRecord (compute stream)");
       cuda_check(Cuda::stream_wait_event(staging_, snapshot_written_), "cudaStreamWaitEvent (staging stream)");
-      if (j->bytes > 0) cuda_check(j->stage_in(j->send_slot->data, staging_), j->stage_in_call);
+      if (j->bytes > 0) cuda_check(j->stage_in(j->send_slot->memory.get(), staging_), j->stage_in_call);
       cuda_check(Cuda::event_record(j->send_slot->copied, staging_), "cudaEventRecord (staging stream)");
     } catch (const error& e) {
       latch_locked(::dasgd::detail::error_record::of(e));
@@ -312,15 +309,16 @@ class staging_engine {
       cuda_check(Cuda::event_create(&s->copied, cudaEventDisableTiming), "cudaEventCreateWithFlags");
       const bool on_device = memory_ == staging_memory::device;
       const std::size_t size = std::max<std::size_t>(bytes, 1);
-      if (const cudaError_t e = on_device ? Cuda::malloc_device(&s->data, size) : Cuda::malloc_host(&s->data, size);
+      void* p = nullptr;
+      if (const cudaError_t e = on_device ? Cuda::malloc_device(&p, size) : Cuda::malloc_host(&p, size);
           e != cudaSuccess) {
         (void)Cuda::event_destroy(s->copied);
         cuda_check(e, on_device ? "cudaMalloc (staging buffer)" : "cudaMallocHost");
       }
       if (on_device)
-        s->memory = std::shared_ptr<void>(s->data, [](void* p) { (void)Cuda::free_device(p); });
+        s->memory = std::shared_ptr<void>(p, [](void* q) { (void)Cuda::free_device(q); });
       else
-        s->memory = std::shared_ptr<void>(s->data, [](void* p) { (void)Cuda::free_host(p); });
+        s->memory = std::shared_ptr<void>(p, [](void* q) { (void)Cuda::free_host(q); });
       slots_.push_back(std::move(s));
       best = slots_.back().get();
     }
@@ -360,7 +358,7 @@ class staging_engine {
         }
         wait_for_copy(*j);
         const auto t0 = clock::now();
-        typename job::inner_request r = j->start(inner_, j->send_slot->data, j->recv_slot->data, j->send_slot->memory);
+        typename job::inner_request r = j->start(inner_, j->send_slot->memory.get(), j->recv_slot->memory.get(), j->send_slot->memory);
         try {
           r.wait();
         } catch (const timeout_error&) {
@@ -443,7 +441,7 @@ class staging_engine {
 
   void queue_copy_back(job& j) {
     try {
-      if (j.bytes > 0) cuda_check(j.stage_out(j.recv_slot->data, staging_), j.stage_out_call);
+      if (j.bytes > 0) cuda_check(j.stage_out(j.recv_slot->memory.get(), staging_), j.stage_out_call);
       cuda_check(Cuda::event_record(j.recv_slot->copied, staging_), "cudaEventRecord (staging stream)");
     } catch (...) {
       cuda_failure_ = true;
