@@ -9,41 +9,19 @@
 //   mpiexec -n N cuda_mpi_stall_job direct <timeout_ms>
 #include <dasgd/comm/cuda_mpi.hpp>
 #include <dasgd/comm/mpi.hpp>
-#include <dasgd/core/precision.hpp>
 
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <span>
 
+#include "fake_cuda_mpi_runtime.hpp"
 #include "fake_nccl_runtime.hpp"
 #include "mpi/stall_job_outcome.hpp"
 
 namespace fk = dasgd_test::fake_nccl;
 
-namespace {
-
-/// The fake runtime with the direct route's kernels as host loops, and an
-/// MPI that says it takes device pointers (the fake's are host memory).
-struct stall_runtime : fk::runtime {
-  static dasgd::comm::mpi_cuda_support mpi_support() { return dasgd::comm::mpi_cuda_support::yes; }
-  template <class T>
-  static cudaError_t launch_widen(const T* in, float* out, std::size_t n, cudaStream_t s) {
-    fk::enqueue_host(s, [=] {
-      for (std::size_t i = 0; i < n; ++i) out[i] = dasgd::to_compute<float>(in[i]);
-    });
-    return cudaSuccess;
-  }
-  template <class T, class W>
-  static cudaError_t launch_scale(const W* sum, T* out, std::size_t n, W inv, cudaStream_t s) {
-    fk::enqueue_host(s, [=] {
-      for (std::size_t i = 0; i < n; ++i) out[i] = dasgd::to_storage<T>(sum[i] * inv);
-    });
-    return cudaSuccess;
-  }
-};
-
-}  // namespace
+using stall_runtime = dasgd_test::fake_cuda_mpi::runtime;  // says the MPI takes device pointers
 
 int main(int argc, char** argv) {
   dasgd::comm::mpi_environment env(argc, argv);

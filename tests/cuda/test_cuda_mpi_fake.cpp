@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "fake_cuda_mpi_runtime.hpp"
 #include "fake_nccl_runtime.hpp"
 #include "fake_ranks.hpp"
 
@@ -37,51 +38,8 @@ using dasgd::comm::mpi_device_pointers;
 
 namespace {
 
-/// The fake CUDA runtime plus what comm/cuda_mpi.hpp adds: the direct
-/// route's kernels run as host loops in stream order.
-struct fake_cuda_mpi_runtime : fk::runtime {
-  static inline std::atomic<mpi_cuda_support> support{mpi_cuda_support::yes};
-  static inline std::atomic<int> pinned_buffers{0};
-  static inline std::atomic<int> host_copies{0};    ///< device-to-host and host-to-device
-  static inline std::atomic<int> device_copies{0};  ///< device-to-device
-  static inline std::atomic<int> widen_launches{0};
-  static inline std::atomic<int> scale_launches{0};
-
-  static mpi_cuda_support mpi_support() { return support.load(); }
-
-  static cudaError_t malloc_host(void** p, std::size_t bytes) {
-    ++pinned_buffers;
-    return fk::runtime::malloc_host(p, bytes);
-  }
-  static cudaError_t memcpy_async(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind,
-                                  cudaStream_t s) {
-    ++(kind == cudaMemcpyDeviceToDevice ? device_copies : host_copies);
-    return fk::runtime::memcpy_async(dst, src, bytes, kind, s);
-  }
-  template <class T>
-  static cudaError_t launch_widen(const T* in, float* out, std::size_t n, cudaStream_t s) {
-    ++widen_launches;
-    fk::enqueue_host(s, [=] {
-      for (std::size_t i = 0; i < n; ++i) out[i] = dasgd::to_compute<float>(in[i]);
-    });
-    return cudaSuccess;
-  }
-  template <class T, class W>
-  static cudaError_t launch_scale(const W* sum, T* out, std::size_t n, W inv, cudaStream_t s) {
-    ++scale_launches;
-    fk::enqueue_host(s, [=] {
-      for (std::size_t i = 0; i < n; ++i) out[i] = dasgd::to_storage<T>(sum[i] * inv);
-    });
-    return cudaSuccess;
-  }
-
-  static void reset_counters() {
-    pinned_buffers = host_copies = device_copies = widen_launches = scale_launches = 0;
-  }
-};
-
-using comm_type = dasgd::comm::basic_cuda_mpi_communicator<fake_cuda_mpi_runtime>;
-using runtime = fake_cuda_mpi_runtime;
+using runtime = dasgd_test::fake_cuda_mpi::runtime;
+using comm_type = dasgd::comm::basic_cuda_mpi_communicator<runtime>;
 
 static_assert(dasgd::communicator<comm_type, float>);
 static_assert(dasgd::communicator<comm_type, double>);
