@@ -241,6 +241,96 @@ TEST_CASE("host-staged: destruction with a collective stuck behind a stalled str
   REQUIRE(fk::synchronize(compute.s));
 }
 
+TEST_CASE("host-staged: destruction still runs a posted collective, so the peer waiting in it completes") {
+  fresh_fake f;
+  constexpr int n = 2;
+  auto group = group_of(n);
+  constexpr std::size_t count = 16;
+  std::vector<float> rank0_recv;
+  auto errors = run_ranks(n, [&](int rank) {
+    held_stream compute;
+    float* send = fk::device_alloc<float>(count);
+    float* recv = fk::device_alloc<float>(count);
+    queue_write(compute.s, recv, count, [](std::size_t) { return -7.0f; });
+    queue_write(compute.s, send, count, [=](std::size_t) { return 2.0f * static_cast<float>(rank); });
+    if (rank == 0) {
+      // The snapshot is still behind a running kernel when rank 0 drops
+      // its request and destroys the communicator; the kernel ends while
+      // the destructor runs.
+      std::thread opener([&] {
+        std::this_thread::sleep_for(100ms);
+        compute.open();
+      });
+      {
+        staged comm(group.communicator(rank), compute.s, staged_options());
+        auto dropped = comm.iallreduce_average(std::span<const float>(send, count), std::span<float>(recv, count),
+                                               step_sig(0));
+      }
+      opener.join();
+      rank0_recv = read_in_stream_order(compute.s, recv, count);
+    } else {
+      compute.open();
+      staged comm(group.communicator(rank), compute.s, staged_options());
+      auto req = comm.iallreduce_average(std::span<const float>(send, count), std::span<float>(recv, count),
+                                         step_sig(0));
+      req.wait();
+      const auto got = read_in_stream_order(compute.s, recv, count);
+      CHECK(got[0] == 1.0f);
+      CHECK(got[count - 1] == 1.0f);
+    }
+  });
+  require_no_errors(errors);
+  REQUIRE(rank0_recv.size() == count);
+  CHECK(rank0_recv[0] == -7.0f);  // dropped: nothing was copied back
+}
+
+namespace {
+
+/// An inner communicator that counts the collectives a staging engine says
+/// it gave up (mpi_communicator passes them to mpi_environment).
+struct skip_counting_inproc : dasgd::comm::inproc_communicator {
+  explicit skip_counting_inproc(dasgd::comm::inproc_communicator c) : inproc_communicator(std::move(c)) {}
+  static inline std::atomic<std::size_t> skipped{0};
+  static void record_skipped_collectives(std::size_t k) noexcept { skipped += k; }
+};
+
+}  // namespace
+
+TEST_CASE("host-staged: the collectives a latched engine gives up are reported to the inner communicator") {
+  using counting = dasgd::comm::basic_host_staged_communicator<skip_counting_inproc, fk::runtime>;
+  fresh_fake f;
+  auto group = group_of(1, 300ms);
+  float* send = fk::device_alloc<float>(8);
+  float* recv = fk::device_alloc<float>(8);
+  skip_counting_inproc::skipped = 0;
+  {
+    // Healthy: every collective is started, also one posted just before
+    // destruction.
+    cudaStream_t s = fk::new_stream();
+    counting comm(skip_counting_inproc(group.communicator(0)), s, staged_options(250ms));
+    comm.iallreduce_average(std::span<const float>(send, 8), std::span<float>(recv, 8), step_sig(0)).wait();
+    CHECK(comm.allgather(3) == std::vector<std::uint64_t>{3});
+    auto last = comm.iallreduce_average(std::span<const float>(send, 8), std::span<float>(recv, 8), step_sig(1));
+  }
+  CHECK(skip_counting_inproc::skipped == 0);
+  held_stream stalled;
+  {
+    counting comm(skip_counting_inproc(group.communicator(0)), stalled.s, staged_options(250ms));
+    auto first = comm.iallreduce_average(std::span<const float>(send, 8), std::span<float>(recv, 8), step_sig(2));
+    auto second = comm.iallreduce_average(std::span<const float>(send, 8), std::span<float>(recv, 8), step_sig(3));
+    CHECK_THROWS_AS(first.wait(), dasgd::timeout_error);  // never started: skipped
+    CHECK_THROWS_AS(second.wait(), dasgd::timeout_error);  // behind the latch: skipped
+    CHECK(skip_counting_inproc::skipped == 2);
+    CHECK_THROWS_AS(comm.iallreduce_average(std::span<const float>(send, 8), std::span<float>(recv, 8), step_sig(4)),
+                    dasgd::timeout_error);
+    CHECK_THROWS_AS(comm.allgather(1), dasgd::timeout_error);
+    CHECK(skip_counting_inproc::skipped == 4);
+    CHECK_THROWS_AS(comm.check_health(), dasgd::timeout_error);  // not a collective: not counted
+    CHECK(skip_counting_inproc::skipped == 4);
+  }
+  stalled.open();
+}
+
 TEST_CASE("host-staged: bad arguments name the value and the rank") {
   fresh_fake f;
   auto group = group_of(1);

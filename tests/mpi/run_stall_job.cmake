@@ -2,10 +2,12 @@
 # timeout_error within the timeout (plus slack) and that the job ended, in
 # all within the timeout plus a few seconds.
 #   -DMPIEXEC=... -DNP=n -DFLAGS=... -DJOB=... -DMODE=thread|test -DTIMEOUT_MS=ms [-DSKEW_MS=ms]
-#   [-DREPORTS=k]
+#   [-DREPORTS=k] [-DSTALLED_ABORTS=ON]
 # SKEW_MS: rank 0's timeout is longer by that much (mpi_stall_job.cpp).
 # REPORTS: how many ranks must report timeout_error (default: all but the
 # stalled one; tests/cuda/cuda_mpi_stall_job.cpp's stalled rank reports too).
+# STALLED_ABORTS: the stalled rank (the last) gave up a collective after its
+# failure, so it must end in MPI_Abort and say so, not go to MPI_Finalize.
 string(TIMESTAMP t0 "%s")
 set(_flags ${FLAGS})
 if(NOT DEFINED SKEW_MS)
@@ -38,6 +40,12 @@ foreach(line IN LISTS seen)
 endforeach()
 if(NOT err MATCHES "collective\\(s\\) never completed")
   message(FATAL_ERROR "mpi_environment did not say why it aborted the job")
+endif()
+if(STALLED_ABORTS)
+  math(EXPR last "${NP} - 1")
+  if(NOT err MATCHES "rank ${last}: gave up [0-9]+ collective\\(s\\) after a failure")
+    message(FATAL_ERROR "the stalled rank ${last} did not abort after giving up its collective")
+  endif()
 endif()
 if(rc EQUAL 0)
   message(FATAL_ERROR "the job exited 0 although a rank stalled")

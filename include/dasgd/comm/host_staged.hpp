@@ -30,9 +30,13 @@
 // (compute stream stalled), an inner timeout, or a CUDA error fails the
 // request with timeout_error / comm_error naming the rank, and latches:
 // every later call and check_health() throws it (the staging buffers may
-// still be in use). A signature mismatch reported by the inner
-// communicator fails that collective on every rank and does not latch. A
-// dropped request never writes its `recv`.
+// still be in use). The collectives a latched engine gives up without
+// starting them are reported to an MPI inner communicator, so that
+// mpi_environment aborts the job rather than finalize under peers that
+// wait in them. A signature mismatch reported by the inner communicator
+// fails that collective on every rank and does not latch. A dropped
+// request never writes its `recv`; destruction still runs the collectives
+// posted before it (the peers expect them), without the copies back.
 //
 // The staging engine below is also the direct route of comm/cuda_mpi.hpp:
 // there a job's staging buffer is device memory that a CUDA-aware MPI sums
@@ -186,7 +190,7 @@ class staging_engine {
   /// and hands the rest to the staging thread.
   std::shared_ptr<job> post(std::shared_ptr<job> j) {
     std::unique_lock lk(m_);
-    raise_if_failed_locked();
+    refuse_if_failed_locked();
     j->posted = clock::now();
     j->send_slot = acquire_locked(j->slot_bytes);
     j->recv_slot = j->in_place ? j->send_slot : acquire_locked(j->slot_bytes);
@@ -200,6 +204,7 @@ class staging_engine {
     } catch (const error& e) {
       latch_locked(::dasgd::detail::error_record::of(e));
       j->send_slot->owned = j->recv_slot->owned = false;
+      record_skipped(1);
       throw;
     }
     queue_.push_back(j);
@@ -214,7 +219,7 @@ class staging_engine {
     j->posted = clock::now();
     {
       std::lock_guard lk(m_);
-      raise_if_failed_locked();
+      refuse_if_failed_locked();
       queue_.push_back(j);
       cv_.notify_all();
     }
@@ -277,6 +282,20 @@ class staging_engine {
     if (failed_) failed_.raise();
   }
 
+  /// A collective asked for after the latch is one this rank skips.
+  void refuse_if_failed_locked() {
+    if (!failed_) return;
+    record_skipped(1);
+    failed_.raise();
+  }
+
+  /// This rank gives up `n` collectives its peers may be waiting in; an MPI
+  /// inner communicator passes that on to mpi_environment, which then ends
+  /// the job with MPI_Abort instead of meeting them in MPI_Finalize.
+  void record_skipped(std::size_t n) noexcept {
+    if constexpr (requires { inner_.record_skipped_collectives(n); }) inner_.record_skipped_collectives(n);
+  }
+
   void latch_locked(::dasgd::detail::error_record r) {
     if (!failed_) failed_ = std::move(r);
   }
@@ -334,13 +353,12 @@ class staging_engine {
       if (queue_.empty()) return;  // stopping, nothing left
       std::shared_ptr<job> j = queue_.front();
       queue_.pop_front();
-      if (stopping_ || failed_) {
-        j->error = failed_ ? failed_
-                           : ::dasgd::detail::error_record::of(comm_error(
-                                 ::dasgd::detail::concat(name_, " (rank ", rank_,
-                                                         "): destroyed with a ", what_name(j->what),
-                                                         " not yet started"),
-                                 __FILE__, __LINE__));
+      // Destruction does not drop the collectives already posted: the peers
+      // take part in them too, so they still run (bounded by the timeouts)
+      // and only the copy back is left out. After a failure they cannot.
+      if (failed_) {
+        j->error = failed_;
+        record_skipped(1);
         finish_locked(*j, job::status::failed);
         continue;
       }
@@ -348,8 +366,10 @@ class staging_engine {
       lk.unlock();
       ::dasgd::detail::error_record failure;
       bool latch = false;
+      bool started = false;  // handed to the inner communicator
       try {
         if (j->what == job::kind::gather) {
+          started = true;
           auto gathered = inner_.allgather(j->gather_value);
           lk.lock();
           j->gathered = std::move(gathered);
@@ -358,6 +378,7 @@ class staging_engine {
         }
         wait_for_copy(*j);
         const auto t0 = clock::now();
+        started = true;
         typename job::inner_request r = j->start(inner_, j->send_slot->memory.get(), j->recv_slot->memory.get(), j->send_slot->memory);
         try {
           r.wait();
@@ -402,6 +423,7 @@ class staging_engine {
       }
       if (!lk.owns_lock()) lk.lock();
       cuda_failure_ = false;
+      if (!started) record_skipped(1);
       if (latch) {
         latch_locked(failure);
       } else if (j->what != job::kind::gather) {
@@ -430,12 +452,8 @@ class staging_engine {
                     memory_ == staging_memory::device ? "the device staging buffer" : "host memory",
                     " did not finish within ", options_.timeout.count(),
                     " ms (the compute stream is stalled or far behind)");
-      {
-        std::unique_lock lk(m_);
-        if (cv_.wait_for(lk, options_.poll_interval, [&] { return stopping_; }))
-          DASGD_THROW(comm_error, name_, " (rank ", rank_,
-                      "): destroyed while a snapshot was being staged");
-      }
+      // Not cut short by destruction: the peers wait for this collective.
+      std::this_thread::sleep_for(options_.poll_interval);
     }
   }
 
@@ -457,8 +475,9 @@ class staging_engine {
     done_cv_.notify_all();
   }
 
-  /// Stops the staging thread (it finishes the collective it is in, which
-  /// its own timeouts bound) and frees the staging buffers once no copy can
+  /// Stops the staging thread once it has run the collectives already
+  /// posted (the peers take part in them; the timeouts bound each, and
+  /// nothing is copied back) and frees the staging buffers once no copy can
   /// touch them any more. After a failure a stream may never drain: the
   /// buffers are then kept rather than freed under a copy.
   void shutdown() noexcept {

@@ -85,11 +85,14 @@ struct mpi_options {
 /// one of them timed out). If a collective is then still in MPI's hands (a
 /// peer stalled or died and never joined it), MPI_Finalize would wait for
 /// it forever: the destructor prints why and calls MPI_Abort instead, which
-/// ends every process of the job. It first waits `abort_grace` (default
-/// 1 s): MPI_Abort kills every rank at once, and the peers whose own
-/// timeouts fire a moment later would otherwise die before they report
-/// their error. Code that finalizes MPI itself can ask
-/// stranded_collectives() first and abort the same way.
+/// ends every process of the job. So it does when this rank gave up
+/// collectives after a failure without starting them (a staging engine
+/// whose stream stalled): its peers may be stranded in those. It first
+/// waits `abort_grace` (default 1 s): MPI_Abort kills every rank at once,
+/// and the peers whose own timeouts fire a moment later would otherwise die
+/// before they report their error. Code that finalizes MPI itself can ask
+/// stranded_collectives() and skipped_collectives() first and abort the
+/// same way.
 class mpi_environment {
  public:
   explicit mpi_environment(int& argc, char**& argv,
@@ -112,14 +115,23 @@ class mpi_environment {
     auto& registry = detail::mpi_registry::instance();
     registry.shutdown_all();
     if (detail::mpi_is_finalized()) return;
-    if (const std::size_t n = registry.stranded(); n != 0) {
+    const std::size_t stranded = registry.stranded();
+    const std::size_t skipped = registry.skipped();
+    if (stranded != 0 || skipped != 0) {
       int rank = -1;
       MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-      std::fprintf(stderr,
-                   "dasgd: rank %d: %zu collective(s) never completed (a peer stalled or died); "
-                   "MPI_Finalize would wait for them forever, so the job is aborted "
-                   "(MPI_Abort, exit code %d, in %lld ms)\n",
-                   rank, n, stranded_exit_code, static_cast<long long>(abort_grace_.count()));
+      if (stranded != 0)
+        std::fprintf(stderr,
+                     "dasgd: rank %d: %zu collective(s) never completed (a peer stalled or died); "
+                     "MPI_Finalize would wait for them forever, so the job is aborted "
+                     "(MPI_Abort, exit code %d, in %lld ms)\n",
+                     rank, stranded, stranded_exit_code, static_cast<long long>(abort_grace_.count()));
+      else
+        std::fprintf(stderr,
+                     "dasgd: rank %d: gave up %zu collective(s) after a failure (its peers may be "
+                     "waiting in them); MPI_Finalize would meet them there, so the job is aborted "
+                     "(MPI_Abort, exit code %d, in %lld ms)\n",
+                     rank, skipped, stranded_exit_code, static_cast<long long>(abort_grace_.count()));
       std::fflush(stderr);
       std::this_thread::sleep_for(abort_grace_);  // the other ranks' own errors first
       MPI_Abort(MPI_COMM_WORLD, stranded_exit_code);
@@ -133,6 +145,13 @@ class mpi_environment {
   /// Collectives that a shut-down communicator left in MPI's hands.
   static std::size_t stranded_collectives() noexcept {
     return detail::mpi_registry::instance().stranded();
+  }
+
+  /// Collectives this rank gave up after a failure without starting them
+  /// (mpi_communicator::record_skipped_collectives); its peers may be in
+  /// them, so the destructor aborts the job for these too.
+  static std::size_t skipped_collectives() noexcept {
+    return detail::mpi_registry::instance().skipped();
   }
 
   mpi_environment(const mpi_environment&) = delete;
@@ -316,6 +335,17 @@ class mpi_communicator {
   std::size_t collectives_in_flight() const {
     require_valid();
     return engine_->in_flight();
+  }
+
+  /// For a communicator layered on this one (comm/host_staged.hpp): it
+  /// gave up `n` collectives its owner had posted, after a failure and
+  /// before handing them to MPI. The peers may be waiting in them, so
+  /// mpi_environment ends the job with MPI_Abort rather than meet them in
+  /// MPI_Finalize (which, collective, could wait for them forever; and
+  /// OpenMPI 4.1's mpiexec can hang or crash when one rank finalizes while
+  /// another aborts).
+  static void record_skipped_collectives(std::size_t n) noexcept {
+    detail::mpi_registry::instance().add_skipped(n);
   }
 
   /// The duplicated communicator dasgd's collectives run on.

@@ -211,10 +211,19 @@ class mpi_registry {
   std::size_t stranded() const noexcept { return stranded_.load(); }
   void add_stranded(std::size_t n) noexcept { stranded_ += n; }
 
+  /// Collectives this rank owed its peers and never started: a failure
+  /// made a communicator layered on MPI give them up (the staging of
+  /// comm/host_staged.hpp, latched by a stalled stream, records them). The
+  /// peers may be inside them, so this rank must not go on to MPI_Finalize
+  /// either.
+  std::size_t skipped() const noexcept { return skipped_.load(); }
+  void add_skipped(std::size_t n) noexcept { skipped_ += n; }
+
  private:
   std::mutex m_;
   std::vector<mpi_engine*> engines_;
   std::atomic<std::size_t> stranded_{0};
+  std::atomic<std::size_t> skipped_{0};
 };
 
 class mpi_engine {
