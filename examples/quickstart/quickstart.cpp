@@ -56,8 +56,8 @@ int main() {
     }
     error[r] = std::sqrt(num / den);
   });
+  const bool agree = error[0] == error[1] && error[1] == error[2] && error[2] == error[3];
   std::printf("relative error of the fitted weights after %d steps: %.2e (all %d workers agree: %s)\n",
-              steps, error[0], workers,
-              (error[0] == error[1] && error[1] == error[2] && error[2] == error[3]) ? "yes" : "no");
-  return error[0] < 1e-2 ? 0 : 1;
+              steps, error[0], workers, agree ? "yes" : "no");
+  return error[0] < 1e-2 && agree ? 0 : 1;
 }
