@@ -120,18 +120,14 @@ class mpi_environment {
     if (stranded != 0 || skipped != 0) {
       int rank = -1;
       MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-      if (stranded != 0)
-        std::fprintf(stderr,
-                     "dasgd: rank %d: %zu collective(s) never completed (a peer stalled or died); "
-                     "MPI_Finalize would wait for them forever, so the job is aborted "
-                     "(MPI_Abort, exit code %d, in %lld ms)\n",
-                     rank, stranded, stranded_exit_code, static_cast<long long>(abort_grace_.count()));
-      else
-        std::fprintf(stderr,
-                     "dasgd: rank %d: gave up %zu collective(s) after a failure (its peers may be "
-                     "waiting in them); MPI_Finalize would meet them there, so the job is aborted "
-                     "(MPI_Abort, exit code %d, in %lld ms)\n",
-                     rank, skipped, stranded_exit_code, static_cast<long long>(abort_grace_.count()));
+      std::fprintf(stderr, "dasgd: rank %d: %s%zu collective(s) %s, so the job is aborted "
+                   "(MPI_Abort, exit code %d, in %lld ms)\n",
+                   rank, stranded != 0 ? "" : "gave up ", stranded != 0 ? stranded : skipped,
+                   stranded != 0 ? "never completed (a peer stalled or died); MPI_Finalize would "
+                                   "wait for them forever"
+                                 : "after a failure (its peers may be waiting in them); "
+                                   "MPI_Finalize would meet them there",
+                   stranded_exit_code, static_cast<long long>(abort_grace_.count()));
       std::fflush(stderr);
       std::this_thread::sleep_for(abort_grace_);  // the other ranks' own errors first
       MPI_Abort(MPI_COMM_WORLD, stranded_exit_code);
