@@ -8,6 +8,8 @@
 # stalled one; tests/cuda/cuda_mpi_stall_job.cpp's stalled rank reports too).
 # STALLED_ABORTS: the stalled rank (the last) gave up a collective after its
 # failure, so it must end in MPI_Abort and say so, not go to MPI_Finalize.
+# GAVE_UP=n (implies STALLED_ABORTS): it must say it gave up exactly n. EXPECT_OUT: a text that must
+# appear in the job's standard output (mpi_failure_job.cpp's last rank).
 string(TIMESTAMP t0 "%s")
 set(_flags ${FLAGS})
 if(NOT DEFINED SKEW_MS)
@@ -41,10 +43,19 @@ endforeach()
 if(NOT err MATCHES "collective\\(s\\) never completed")
   message(FATAL_ERROR "mpi_environment did not say why it aborted the job")
 endif()
-if(STALLED_ABORTS)
+if(STALLED_ABORTS AND NOT DEFINED GAVE_UP)
+  set(GAVE_UP "[0-9]+")
+endif()
+if(DEFINED GAVE_UP)
   math(EXPR last "${NP} - 1")
-  if(NOT err MATCHES "rank ${last}: gave up [0-9]+ collective\\(s\\) after a failure")
-    message(FATAL_ERROR "the stalled rank ${last} did not abort after giving up its collective")
+  if(NOT err MATCHES "rank ${last}: gave up ${GAVE_UP} collective\\(s\\) after a failure")
+    message(FATAL_ERROR "rank ${last} did not say it gave up ${GAVE_UP} collective(s) and abort")
+  endif()
+endif()
+if(DEFINED EXPECT_OUT)
+  string(FIND "${out}" "${EXPECT_OUT}" at)
+  if(at EQUAL -1)
+    message(FATAL_ERROR "the job's output lacks \"${EXPECT_OUT}\"")
   endif()
 endif()
 if(rc EQUAL 0)

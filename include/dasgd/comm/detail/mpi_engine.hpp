@@ -292,8 +292,12 @@ class mpi_engine {
       std::lock_guard lk(m_);
       DASGD_REQUIRE(!shut_down_, comm_error, "the MPI communicator was shut down (",
                     shutdown_reason_, "); no collective can be started on it");
-      DASGD_REQUIRE(poison_.empty(), comm_error,
-                    "the MPI communicator is unusable after an earlier MPI failure: ", poison_);
+      if (!poison_.empty()) {
+        mpi_registry::instance().add_skipped(1);  // its peers may post it and wait in it
+        throw comm_error(::dasgd::detail::concat("the MPI communicator is unusable after an earlier MPI failure: ",
+                                                 poison_),
+                         __FILE__, __LINE__);
+      }
       op->seq = next_seq_++;
       op->posted_at = std::chrono::steady_clock::now();
       if (op->direct) op->copied_in = true;  // nothing to stage: MPI reads `recv` itself
@@ -520,14 +524,40 @@ class mpi_engine {
     } catch (...) {
     }
     if (poison_.empty()) poison_ = "the MPI progress thread failed: " + what;
+    std::size_t given_up = 0;
     for (auto* list : {&queue_, &pipeline_})
-      for (auto& op : *list) fail(*op, e);
+      for (auto& op : *list) {
+        if (!op->finished() && op->mpi_idle()) ++given_up;  // the others are stranded at shutdown
+        fail(*op, e);
+      }
+    if (given_up != 0) mpi_registry::instance().add_skipped(given_up);
   }
 
+  /// An MPI call failed on `op`. Nothing is started on MPI after that: the
+  /// collectives queued behind it fail unstarted, and every collective this
+  /// rank gives up without an MPI request of its own is reported to the
+  /// registry (its peers may be waiting in it, so mpi_environment aborts
+  /// instead of finalizing). One still holding a request is stranded at
+  /// shutdown instead.
   void fail_mpi(mpi_op& op, int code, const char* call) {
     auto e = mpi_failure(code, call, __FILE__, __LINE__);
     if (poison_.empty()) poison_ = ::dasgd::detail::concat(describe(op), ": ", e.what());
+    std::size_t given_up = !op.finished() && op.mpi_idle() ? 1 : 0;
     fail(op, std::make_exception_ptr(e));
+    for (auto* list : {&queue_, &pipeline_})
+      for (auto& other : *list)
+        if (other->state == mpi_op::phase::queued) {
+          fail(*other, not_started_after_failure(*other));
+          ++given_up;
+        }
+    if (given_up != 0) mpi_registry::instance().add_skipped(given_up);
+  }
+
+  std::exception_ptr not_started_after_failure(const mpi_op& op) const {
+    return std::make_exception_ptr(comm_error(
+        ::dasgd::detail::concat(describe(op), " on rank ", rank_, " was not started: an earlier MPI call on this "
+                                "communicator failed (", poison_, ")"),
+        __FILE__, __LINE__));
   }
 
   // --- progress (only the driving thread runs these) ------------------------
@@ -561,6 +591,11 @@ class mpi_engine {
       }
     }
     return changed;
+  }
+
+  bool poison_empty() {
+    std::lock_guard lk(m_);
+    return poison_.empty();
   }
 
   mpi_op::phase phase_of(const mpi_op& op) {
@@ -617,6 +652,12 @@ class mpi_engine {
     }
     if (!flag) return false;
 
+    if (!poison_empty()) {  // an earlier collective failed: start nothing new on MPI
+      std::lock_guard lk(m_);
+      fail(op, not_started_after_failure(op));
+      mpi_registry::instance().add_skipped(1);
+      return true;
+    }
     if (auto e = signature_mismatch(op)) {
       std::lock_guard lk(m_);
       fail(op, e);
