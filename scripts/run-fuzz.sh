@@ -2,7 +2,7 @@
 # Bounded fuzzing of the checkpoint loader with libFuzzer (clang-14) under
 # AddressSanitizer + UndefinedBehaviorSanitizer: two variants, raw bytes and
 # bytes whose CRCs are recomputed (so mutations reach the field checks),
-# each for FUZZ_SECONDS (default 30), starting from tests/fuzz/corpus (not
+# each for FUZZ_SECONDS (default 30, both at once), starting from tests/fuzz/corpus (not
 # modified: the run works on a copy). A crash, a sanitizer report or a
 # leak fails the run and leaves the input under build/fuzz/.
 # Usage: scripts/run-fuzz.sh [seconds-per-variant]
@@ -24,13 +24,22 @@ for variant in raw fixcrc; do
   pids+=($!)
 done
 for pid in "${pids[@]}"; do wait "$pid"; done
-status=0
+# They also fuzz side by side, one core each; their reports are printed in
+# turn once both have finished.
+pids=()
 for variant in raw fixcrc; do
   work="$out/corpus_$variant"
   rm -rf "$work" && mkdir -p "$work" && cp tests/fuzz/corpus/* "$work/"
-  echo "== fuzzing the checkpoint loader ($variant) for $seconds s"
   ( cd "$out" && UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
       "./checkpoint_fuzz_$variant" -max_total_time="$seconds" -max_len=8192 -timeout=10 \
-      -rss_limit_mb=2048 -print_final_stats=1 "corpus_$variant" ) 2>&1 | tail -n 15 || status=1
+      -rss_limit_mb=2048 -print_final_stats=1 "corpus_$variant" ) >"$out/fuzz_$variant.log" 2>&1 &
+  pids+=($!)
+done
+status=0 i=0
+for variant in raw fixcrc; do
+  wait "${pids[$i]}" || status=1
+  i=$((i + 1))
+  echo "== fuzzing the checkpoint loader ($variant) for $seconds s"
+  tail -n 15 "$out/fuzz_$variant.log"
 done
 exit $status
