@@ -542,22 +542,22 @@ class mpi_engine {
   void fail_mpi(mpi_op& op, int code, const char* call) {
     auto e = mpi_failure(code, call, __FILE__, __LINE__);
     if (poison_.empty()) poison_ = ::dasgd::detail::concat(describe(op), ": ", e.what());
-    std::size_t given_up = !op.finished() && op.mpi_idle() ? 1 : 0;
+    if (!op.finished() && op.mpi_idle()) mpi_registry::instance().add_skipped(1);
     fail(op, std::make_exception_ptr(e));
     for (auto* list : {&queue_, &pipeline_})
       for (auto& other : *list)
-        if (other->state == mpi_op::phase::queued) {
-          fail(*other, not_started_after_failure(*other));
-          ++given_up;
-        }
-    if (given_up != 0) mpi_registry::instance().add_skipped(given_up);
+        if (other->state == mpi_op::phase::queued) give_up_unstarted(*other);
   }
 
-  std::exception_ptr not_started_after_failure(const mpi_op& op) const {
-    return std::make_exception_ptr(comm_error(
-        ::dasgd::detail::concat(describe(op), " on rank ", rank_, " was not started: an earlier MPI call on this "
-                                "communicator failed (", poison_, ")"),
-        __FILE__, __LINE__));
+  /// Fails `op`, which never reached MPI, after the poisoning failure, and
+  /// reports it to the registry as a collective this rank gave up.
+  void give_up_unstarted(mpi_op& op) {
+    fail(op, std::make_exception_ptr(comm_error(
+                 ::dasgd::detail::concat(describe(op), " on rank ", rank_,
+                                         " was not started: an earlier MPI call on this communicator failed (",
+                                         poison_, ")"),
+                 __FILE__, __LINE__)));
+    mpi_registry::instance().add_skipped(1);
   }
 
   // --- progress (only the driving thread runs these) ------------------------
@@ -591,11 +591,6 @@ class mpi_engine {
       }
     }
     return changed;
-  }
-
-  bool poison_empty() {
-    std::lock_guard lk(m_);
-    return poison_.empty();
   }
 
   mpi_op::phase phase_of(const mpi_op& op) {
@@ -652,11 +647,12 @@ class mpi_engine {
     }
     if (!flag) return false;
 
-    if (!poison_empty()) {  // an earlier collective failed: start nothing new on MPI
+    {
       std::lock_guard lk(m_);
-      fail(op, not_started_after_failure(op));
-      mpi_registry::instance().add_skipped(1);
-      return true;
+      if (!poison_.empty()) {  // an earlier collective failed: start nothing new on MPI
+        give_up_unstarted(op);
+        return true;
+      }
     }
     if (auto e = signature_mismatch(op)) {
       std::lock_guard lk(m_);
